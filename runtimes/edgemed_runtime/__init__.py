@@ -1,0 +1,39 @@
+"""edgemed_runtime: open edgemed artifacts and bundles and run them, without torch/onnx/nncf.
+
+    import edgemed_runtime as rt
+    with rt.open("out/model") as sess:
+        probs = sess.predict("study/IM0001.dcm")
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+from .api import open, open_artifact  # noqa: E402
+from .artifact import Artifact  # noqa: E402
+from .errors import (  # noqa: E402
+    BackendError,
+    BundleError,
+    DeviceMismatchError,
+    EdgemedError,
+    ExpiredError,
+    IntegrityError,
+    InvalidInputError,
+    MissingDependencyError,
+    ProfileError,
+    RollbackError,
+)
+from .iospec import IOSpec  # noqa: E402
+from .preprocess import PreprocessSpec  # noqa: E402
+from .session import Session, TensorInfo  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Artifact", "BackendError", "BundleError", "DeviceMismatchError", "EdgemedError",
+    "ExpiredError", "IOSpec", "IntegrityError", "InvalidInputError", "MissingDependencyError",
+    "PreprocessSpec", "ProfileError", "RollbackError", "Session", "TensorInfo", "open",
+    "open_artifact", "__version__",
+]

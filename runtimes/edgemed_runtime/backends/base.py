@@ -1,0 +1,108 @@
+"""The backend interface every runtime backend implements, and the registry of backends.
+
+A backend turns model bytes (never a plaintext path: bundles decrypt into memory) into a
+BackendSession. Backends are imported lazily, by name, so ``import edgemed_runtime`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+
+from ..errors import InvalidInputError, MissingDependencyError
+from ..iospec import IOSpec
+
+
+class BackendSession(ABC):
+    """A loaded model inside one backend."""
+
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+    @abstractmethod
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the model; return the outputs in ``output_names`` order."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release native resources."""
+
+
+class Backend(ABC):
+    """One way of running models (onnxruntime, OpenVINO, TensorRT...).
+
+    Class attributes:
+        name: registry key.
+        formats: artifact formats it can run.
+        requires: pip packages it needs (named in the error when missing).
+        modules: import names checked by ``is_available``.
+    """
+
+    name: ClassVar[str]
+    formats: ClassVar[tuple[str, ...]]
+    requires: ClassVar[tuple[str, ...]]
+    modules: ClassVar[tuple[str, ...]]
+
+    @classmethod
+    def missing(cls) -> list[str]:
+        """The pip packages of ``requires`` whose modules cannot be found."""
+        return [
+            pkg for pkg, mod in zip(cls.requires, cls.modules) if importlib.util.find_spec(mod) is None
+        ]
+
+    @classmethod
+    def is_available(cls) -> bool:
+        """True when every module the backend needs is importable."""
+        return not cls.missing()
+
+    @classmethod
+    def ensure_available(cls) -> None:
+        """Raise MissingDependencyError naming the packages to install."""
+        miss = cls.missing()
+        if miss:
+            raise MissingDependencyError(
+                f"backend {cls.name!r} is not available",
+                expected=f"packages {', '.join(cls.requires)}",
+                found=f"missing {', '.join(miss)}",
+                fix=f"pip install {' '.join(miss)}",
+            )
+
+    @abstractmethod
+    def open(self, model: bytes, io: IOSpec, options: Mapping[str, Any]) -> BackendSession:
+        """Create a session from model bytes with backend ``options``."""
+
+
+_REGISTRY: dict[str, str] = {
+    "onnxruntime": "edgemed_runtime.backends.onnxruntime:OnnxRuntimeBackend",
+}
+
+
+def register_backend(name: str, target: str) -> None:
+    """Register a backend class by ``"module:Class"`` path (imported on first use)."""
+    _REGISTRY[name] = target
+
+
+def backend_names() -> list[str]:
+    """Names of all registered backends."""
+    return sorted(_REGISTRY)
+
+
+def get_backend(name: str) -> Backend:
+    """Instantiate the backend ``name``.
+
+    Raises:
+        InvalidInputError: no such backend.
+        MissingDependencyError: its packages are not installed.
+    """
+    if name not in _REGISTRY:
+        raise InvalidInputError(
+            "unknown backend", expected=", ".join(backend_names()), found=name,
+            code="unknown-backend",
+        )
+    mod_name, cls_name = _REGISTRY[name].split(":")
+    cls: type[Backend] = getattr(importlib.import_module(mod_name), cls_name)
+    cls.ensure_available()
+    return cls()

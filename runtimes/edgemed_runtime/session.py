@@ -1,0 +1,155 @@
+"""Session: the one inference API over every backend.
+
+``run(dict)`` feeds raw tensors; ``predict(x)`` takes DICOM paths, arrays or batches, applies the
+artifact's PreprocessSpec and returns class probabilities.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .backends.base import BackendSession
+from .errors import InvalidInputError
+from .iospec import IOSpec
+from .preprocess import PreprocessSpec
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, shape (``-1`` for a dynamic dimension) and dtype of a model input or output."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax."""
+    z = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+class Session:
+    """A model ready to run.
+
+    Args:
+        backend_session: the backend's loaded model.
+        io: the IO spec.
+        preprocess: the PreprocessSpec applied by ``predict``.
+        backend: the backend's name.
+        info: extra description (format, bundle id...) shown by ``describe``.
+    """
+
+    def __init__(
+        self,
+        backend_session: BackendSession,
+        io: IOSpec,
+        preprocess: PreprocessSpec,
+        backend: str,
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._bs: BackendSession | None = backend_session
+        self.io = io
+        self.preprocess = preprocess
+        self.backend = backend
+        self.info = dict(info or {})
+
+    # -- description ---------------------------------------------------------------------
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        shape = ((-1,) if self.io.dynamic_batch else self.io.input_shape[:1]) + self.io.sample_shape
+        return [TensorInfo(self.io.input_name, tuple(shape), self.io.input_dtype)]
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        return [TensorInfo(n, (-1,), "float32") for n in self.io.output_names]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.io.labels
+
+    # -- running -------------------------------------------------------------------------
+    def _session(self) -> BackendSession:
+        if self._bs is None:
+            raise InvalidInputError("session is closed", fix="open the model again")
+        return self._bs
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on raw input tensors; return ``{output_name: array}``.
+
+        Raises:
+            InvalidInputError: a missing/unknown input name or a wrong shape.
+            BackendError: the backend failed.
+        """
+        bs = self._session()
+        if set(feeds) != {self.io.input_name}:
+            raise InvalidInputError(
+                "wrong input names", expected=self.io.input_name, found=", ".join(sorted(feeds)),
+            )
+        x = np.asarray(feeds[self.io.input_name])
+        self.io.check_batch(tuple(x.shape))
+        x = np.ascontiguousarray(x, dtype=np.dtype(self.io.input_dtype))
+        outs = bs.run({bs.input_names[0]: x})
+        return dict(zip(self.io.output_names, outs))
+
+    def logits(self, x: Any) -> np.ndarray:
+        """First output for ``x`` (see ``predict`` for what ``x`` may be)."""
+        batch = self.prepare(x)
+        return self.run({self.io.input_name: batch})[self.io.output_names[0]]
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Class probabilities (softmax of the first output) for ``x``.
+
+        ``x`` may be a DICOM path, a list of paths, one preprocessed sample (C, H, W...), or a
+        batch (N, C, H, W...). Returns an array (N, classes).
+        """
+        return softmax(self.logits(x).astype(np.float32))
+
+    def prepare(self, x: Any) -> np.ndarray:
+        """Turn paths / samples / batches into one input batch."""
+        if isinstance(x, (str, os.PathLike)):
+            return self._load_paths([x])
+        if isinstance(x, np.ndarray):
+            arr = x
+            if arr.ndim == len(self.io.sample_shape):
+                arr = arr[None]
+            return arr
+        if isinstance(x, Sequence) and x and all(isinstance(i, (str, os.PathLike)) for i in x):
+            return self._load_paths(list(x))
+        if isinstance(x, Iterable):
+            items = [np.asarray(i) for i in x]
+            if not items:
+                raise InvalidInputError("empty input", expected="at least one sample")
+            return np.stack(items)
+        raise InvalidInputError(
+            "cannot predict on this input",
+            expected="a DICOM path, a list of paths, or a numpy array",
+            found=type(x).__name__,
+        )
+
+    def _load_paths(self, paths: list[str | os.PathLike[str]]) -> np.ndarray:
+        from .dicom import load_input
+
+        return np.stack([load_input(Path(p), self.preprocess) for p in paths])
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the backend's resources; the session cannot be used afterwards."""
+        if self._bs is not None:
+            self._bs.close()
+            self._bs = None
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Session(backend={self.backend!r}, input={self.inputs[0]}, info={self.info})"
