@@ -1,5 +1,5 @@
 """Runtime backends behind one Session interface; imported lazily by name."""
 
-from .base import Backend, BackendSession, backend_names, get_backend, register_backend
+from .base import Backend, BackendSession, backend_class, backend_names, get_backend, register_backend
 
-__all__ = ["Backend", "BackendSession", "backend_names", "get_backend", "register_backend"]
+__all__ = ["Backend", "BackendSession", "backend_class", "backend_names", "get_backend", "register_backend"]

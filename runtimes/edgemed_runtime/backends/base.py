@@ -90,12 +90,11 @@ def backend_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_backend(name: str) -> Backend:
-    """Instantiate the backend ``name``.
+def backend_class(name: str) -> type[Backend]:
+    """The backend class registered as ``name`` (its module imports no heavy library).
 
     Raises:
         InvalidInputError: no such backend.
-        MissingDependencyError: its packages are not installed.
     """
     if name not in _REGISTRY:
         raise InvalidInputError(
@@ -103,6 +102,16 @@ def get_backend(name: str) -> Backend:
             code="unknown-backend",
         )
     mod_name, cls_name = _REGISTRY[name].split(":")
-    cls: type[Backend] = getattr(importlib.import_module(mod_name), cls_name)
+    return getattr(importlib.import_module(mod_name), cls_name)
+
+
+def get_backend(name: str) -> Backend:
+    """Instantiate the backend ``name``.
+
+    Raises:
+        InvalidInputError: no such backend.
+        MissingDependencyError: its packages are not installed.
+    """
+    cls = backend_class(name)
     cls.ensure_available()
     return cls()

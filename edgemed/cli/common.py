@@ -1,0 +1,33 @@
+"""Shared CLI helpers: consoles, error rendering, JSON output."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_json(data: Any) -> None:
+    """Print ``data`` as JSON on stdout (for ``--json``)."""
+    typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+@contextmanager
+def handle_errors(as_json: bool = False) -> Iterator[None]:
+    """Turn EdgemedError into a clear message and its exit code (1 gate, 2 bad input)."""
+    from edgemed.errors import EdgemedError
+
+    try:
+        yield
+    except EdgemedError as exc:
+        if as_json:
+            print_json({"ok": False, "error": exc.to_dict()})
+        else:
+            err_console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(exc.exit_code) from None

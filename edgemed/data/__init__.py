@@ -1,0 +1,1 @@
+"""Built-in data: synthetic DICOM for the demo, tests and examples."""

@@ -1,0 +1,136 @@
+"""The Pass abstraction and its registry.
+
+A pass takes an Artifact and returns a new one in ``workdir``. It declares the formats it
+``accepts`` and the one it ``produces`` (checked when a target profile loads), and a pydantic
+``Config`` (unknown keys rejected). Passes know nothing about targets or the CLI; what they need
+from the build (calibration data, the reference model, seeds) comes in a BuildContext.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edgemed_runtime.artifact import Artifact
+
+from ..errors import ProfileError
+
+
+class PassConfig(BaseModel):
+    """Base of every pass config: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class BuildContext:
+    """What passes may need from the build.
+
+    Attributes:
+        calibration: calibration inputs (N, C, H, W) float32, or None.
+        calibration_info: count / seed / sha256 of the calibration set (for provenance).
+        seed: the build's seed.
+        threads: threads to use when a pass measures or runs models.
+        host_matches_target: whether timings on this host stand for the target.
+        progress: ``progress(message)`` callback for long steps.
+        extras: free-form data passes share (e.g. the train set for recovery fine-tuning).
+    """
+
+    calibration: np.ndarray | None = None
+    calibration_info: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    threads: int = 2
+    host_matches_target: bool = False
+    progress: Callable[[str], None] = lambda msg: None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Pass(ABC):
+    """One transformation of an artifact (export, quantize, prune...)."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[PassConfig]] = PassConfig
+    accepts: ClassVar[tuple[str, ...]]
+    produces: ClassVar[str]
+
+    def __init__(self, config: PassConfig | Mapping[str, Any] | None = None) -> None:
+        if isinstance(config, PassConfig):
+            self.config = config
+        else:
+            self.config = make_config(self.name, type(self).Config, dict(config or {}))
+
+    @abstractmethod
+    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> Artifact:
+        """Transform ``artifact``; write new files under ``workdir``; return the new artifact."""
+
+    def __call__(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> Artifact:
+        """Run the pass and append its provenance record (name, config, seconds, tools)."""
+        t0 = time.perf_counter()
+        out = self.run(artifact, workdir, ctx)
+        record = {
+            "pass": self.name,
+            "config": self.config.model_dump(mode="json"),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "tools": self.tool_versions(),
+            **self.record_extra(out),
+        }
+        return out.with_record(record)
+
+    def tool_versions(self) -> dict[str, str]:
+        """Versions of the libraries this pass used (for provenance)."""
+        return {}
+
+    def record_extra(self, out: Artifact) -> dict[str, Any]:
+        """Extra provenance fields (measurements) for this run."""
+        return dict(getattr(self, "_record", {}))
+
+
+def make_config(name: str, cls: type[PassConfig], values: Mapping[str, Any]) -> PassConfig:
+    """Validate ``values`` into ``cls``; raise ProfileError naming the pass and the bad keys."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(config)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ProfileError(
+            f"invalid settings for pass {name!r}",
+            expected=", ".join(cls.model_fields) or "no settings",
+            found=problems, fix="fix the pass settings in the target profile",
+        ) from None
+
+
+# name -> "module:Class"; modules import their heavy libraries inside run()
+_REGISTRY: dict[str, str] = {
+    "export_onnx": "edgemed.passes.export_onnx:ExportOnnx",
+    "quantize_onnxruntime": "edgemed.passes.quantize.onnxruntime:QuantizeOnnxRuntime",
+}
+
+
+def register_pass(name: str, target: str) -> None:
+    """Register a pass class by ``"module:Class"``."""
+    _REGISTRY[name] = target
+
+
+def pass_names() -> list[str]:
+    """Names of every registered pass."""
+    return sorted(_REGISTRY)
+
+
+def get_pass_class(name: str) -> type[Pass]:
+    """The pass class registered as ``name``; ProfileError if unknown."""
+    if name not in _REGISTRY:
+        raise ProfileError(
+            "unknown pass", expected=", ".join(pass_names()), found=name,
+            fix="use one of the registered passes (edgemed targets show lists them)",
+            code="unknown-pass",
+        )
+    mod, cls = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(mod), cls)

@@ -1,0 +1,136 @@
+"""quantize_onnxruntime: ONNX -> INT8 QDQ ONNX with onnxruntime's static quantizer.
+
+``quant_pre_process`` (shape inference + graph optimisation) first, then ``quantize_static`` with
+per-channel weights and the calibration method given: ``minmax``, or activation clipping by
+``percentile`` or ``entropy``. Activation and weight types are explicit, never the library default:
+which one is fastest depends on the CPU (on AVX-512 VNNI x86, U8S8 ran 3.3x faster than S8S8 for
+MONAI ResNet-18), so target profiles list candidates and the build times them.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from edgemed_runtime.artifact import Artifact
+
+from ...errors import CalibrationError, ExportError
+from ..base import BuildContext, Pass, PassConfig
+
+
+class QuantizeConfig(PassConfig):
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    weight_type: Literal["int8", "uint8"] = "int8"
+    per_channel: bool = True
+    calibration: Literal["minmax", "percentile", "entropy"] = "minmax"
+    percentile: float = Field(99.999, gt=90, le=100)
+    reduce_range: bool = False
+    keep_fp32_nodes: tuple[str, ...] = ()
+    keep_fp32_op_types: tuple[str, ...] = ()
+    pre_process: bool = True
+    max_calibration_samples: int = Field(128, ge=1)
+
+
+def _reader(name: str, data: np.ndarray, batch: int = 8) -> Any:
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(range(0, len(data), batch))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            i = next(self._it, None)
+            return None if i is None else {name: data[i : i + batch]}
+
+        def rewind(self) -> None:
+            self._it = iter(range(0, len(data), batch))
+
+    return _Reader()
+
+
+class QuantizeOnnxRuntime(Pass):
+    """ONNX FP32 -> ONNX QDQ INT8 (static, calibrated)."""
+
+    name = "quantize_onnxruntime"
+    Config = QuantizeConfig
+    accepts = ("onnx",)
+    produces = "onnx-qdq"
+
+    def tool_versions(self) -> dict[str, str]:
+        import onnxruntime
+
+        return {"onnxruntime": onnxruntime.__version__}
+
+    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> Artifact:
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        cfg: QuantizeConfig = self.config  # type: ignore[assignment]
+        if ctx.calibration is None or len(ctx.calibration) == 0:
+            raise CalibrationError(
+                "INT8 quantization needs calibration data", expected="at least 1 sample",
+                found="none", fix="pass --calib DIR (DICOM folder, .npy/.npz) or calibration=...",
+            )
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        src = artifact.model_path
+        pre = workdir / "model.pre.onnx"
+        out = workdir / "model.int8.onnx"
+        tmp_out = workdir / ".model.int8.onnx.tmp"
+        calib = ctx.calibration[: cfg.max_calibration_samples].astype(np.float32)
+        types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+        methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                   "entropy": CalibrationMethod.Entropy}
+        extra: dict[str, Any] = {}
+        if cfg.calibration == "percentile":
+            extra["CalibPercentile"] = cfg.percentile
+        exclude = list(cfg.keep_fp32_nodes)
+        try:
+            logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model_in = src
+                if cfg.pre_process:
+                    quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+                    model_in = pre
+                if cfg.keep_fp32_op_types:
+                    exclude += _nodes_of_types(model_in, cfg.keep_fp32_op_types)
+                quantize_static(
+                    str(model_in), str(tmp_out), _reader(artifact.io.input_name, calib),
+                    quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+                    reduce_range=cfg.reduce_range,
+                    activation_type=types[cfg.activation_type], weight_type=types[cfg.weight_type],
+                    calibrate_method=methods[cfg.calibration], nodes_to_exclude=exclude or None,
+                    extra_options=extra,
+                )
+        except (CalibrationError, ExportError):
+            raise
+        except Exception as exc:
+            tmp_out.unlink(missing_ok=True)
+            raise ExportError(
+                "onnxruntime quantization failed", found=f"{type(exc).__name__}: {exc}"[:500],
+                fix="try calibration='minmax', pre_process=false, or keep the failing nodes in FP32",
+                code="quantize-failed",
+            ) from None
+        finally:
+            pre.unlink(missing_ok=True)
+        tmp_out.replace(out)
+        self._record = {"calibration_samples": int(len(calib))}
+        return artifact.evolve(path=workdir, model_file=out.name, format="onnx-qdq")
+
+
+def _nodes_of_types(model_path: Path, op_types: tuple[str, ...]) -> list[str]:
+    import onnx
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    return [n.name for n in m.graph.node if n.op_type in op_types]

@@ -1,0 +1,383 @@
+"""build(): model -> passes (per candidate variant) -> accuracy gate -> chosen artifact on disk.
+
+For a target profile, every candidate variant's pass chain runs (shared prefixes, such as the ONNX
+export, run once), each result is gated against the FP32 ONNX reference on the validation set,
+and, when this host can stand in for the target, the passing candidates are timed side by side
+(interleaved) and the fastest kept; otherwise the profile's declared default is used and the
+latency is marked unmeasured. What was tried, the timings and the choice go into provenance.
+Nothing is written to ``out`` unless the gate passes (then ``report.json`` alone on failure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgemed_runtime.api import open_artifact
+from edgemed_runtime.artifact import Artifact
+from edgemed_runtime.iospec import IOSpec
+from edgemed_runtime.preprocess import PreprocessSpec
+from edgemed_runtime.util import atomic_write_bytes
+
+from .bench.timing import interleaved_latency
+from .calibration import sample_calibration, to_arrays
+from .errors import GateError, InvalidInputError
+from .evaluate import GateConfig, GateResult, check_labels, run_gate
+from .model import ModelSource, load_model
+from .passes.base import BuildContext, get_pass_class
+from .targets import TargetProfile, Variant, host_matches, load_target
+
+REPORT_FILE = "report.json"
+
+
+@dataclass
+class BuildOptions:
+    """Knobs of ``build`` beyond the data (all have sensible defaults)."""
+
+    seed: int = 0
+    threads: int | None = None
+    select: str = "auto"  # "auto" (time if host matches), "default", or a variant name
+    timing_runs: int = 20
+    keep_reference: bool = True
+    eval_batch: int = 16
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _io_spec(src: ModelSource, example_input: Any, input_shape: Any, labels: Any) -> IOSpec:
+    shape: tuple[int, ...] | None = None
+    if example_input is not None:
+        shape = tuple(int(d) for d in np.asarray(example_input).shape) if not hasattr(
+            example_input, "shape") else tuple(int(d) for d in example_input.shape)
+    elif input_shape is not None:
+        shape = tuple(int(d) for d in input_shape)
+    if src.kind == "onnx":
+        import onnx
+
+        m = onnx.load(str(src.onnx_path), load_external_data=False)
+        inp = m.graph.input[0]
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in inp.type.tensor_type.shape.dim]
+        graph_shape = tuple(d or 1 for d in dims)
+        if shape is not None and tuple(shape[1:]) != graph_shape[1:]:
+            raise InvalidInputError(
+                "input shape does not match the ONNX model", expected="x".join(map(str, graph_shape)),
+                found="x".join(map(str, shape)), fix="pass the model's real input shape",
+                code="shape-mismatch",
+            )
+        return IOSpec(input_name=inp.name, input_shape=shape or graph_shape,
+                      output_names=tuple(o.name for o in m.graph.output),
+                      dynamic_batch=dims[0] == 0, labels=tuple(labels or ()))
+    if shape is None:
+        raise InvalidInputError(
+            "the input shape is needed to export a PyTorch model",
+            expected="example_input (a tensor) or input_shape such as (1, 1, 224, 224)",
+            found="neither", fix="pass --input 1x1x224x224",
+        )
+    return IOSpec(input_shape=shape, labels=tuple(labels or ()))
+
+
+def _check_forward(src: ModelSource, io: IOSpec) -> int:
+    """Run the model once on zeros; return the number of classes. Raises on a shape mismatch."""
+    if src.kind == "onnx":
+        import onnxruntime as ort
+
+        s = ort.InferenceSession(str(src.onnx_path), providers=["CPUExecutionProvider"])
+        out = s.run(None, {io.input_name: np.zeros(io.input_shape, np.float32)})[0]
+        return int(out.shape[-1])
+    import torch
+
+    try:
+        with torch.no_grad():
+            out = src.module(torch.zeros(io.input_shape))
+    except Exception as exc:
+        raise InvalidInputError(
+            "the model does not accept this input shape",
+            expected="an input the model's first layer accepts",
+            found=f"{'x'.join(map(str, io.input_shape))}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"[:400],
+            fix="pass the input shape the model was trained with (--input NxCxHxW)",
+            code="shape-mismatch",
+        ) from None
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    if out.ndim != 2:
+        raise InvalidInputError("the model must output (batch, classes) logits",
+                                found=str(tuple(out.shape)))
+    return int(out.shape[-1])
+
+
+class _Runner:
+    """Runs variants' pass chains, memoising shared prefixes."""
+
+    def __init__(self, source: Artifact, workdir: Path, ctx: BuildContext) -> None:
+        self.source = source
+        self.workdir = workdir
+        self.ctx = ctx
+        self.memo: dict[str, Artifact] = {}
+
+    def run(self, variant: Variant) -> tuple[Artifact, Artifact | None]:
+        """Return (final artifact, the FP32 ONNX export if the chain has one)."""
+        art, fp32 = self.source, None
+        key = ""
+        for i, (pname, settings) in enumerate(variant.pass_specs()):
+            key += json.dumps([pname, settings], sort_keys=True)
+            if key not in self.memo:
+                p = get_pass_class(pname)(settings)
+                self.ctx.progress(f"{variant.name}: {pname}")
+                wd = self.workdir / f"step{len(self.memo):02d}_{pname}"
+                wd.mkdir(parents=True, exist_ok=True)
+                self.memo[key] = p(art, wd, self.ctx)
+            art = self.memo[key]
+            if art.format == "onnx" and fp32 is None:
+                fp32 = art
+        return art, fp32
+
+
+def _logits(art: Artifact, backend: str, options: dict[str, Any], x: np.ndarray, batch: int) -> np.ndarray:
+    with open_artifact(art, backend=backend, options=options) as sess:
+        return np.concatenate([sess.run({art.io.input_name: x[i:i + batch]})[art.io.output_names[0]]
+                               for i in range(0, len(x), batch)])
+
+
+def build(
+    model: Any,
+    example_input: Any = None,
+    *,
+    calibration: Any = None,
+    validation: Any = None,
+    target: str | os.PathLike[str] | TargetProfile = "cpu-x86",
+    out: str | os.PathLike[str] | None = None,
+    input_shape: Any = None,
+    labels: Any = None,
+    preprocess: PreprocessSpec | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    gate: GateConfig | None = None,
+    options: BuildOptions | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Artifact:
+    """Build the best artifact of ``model`` for ``target``.
+
+    Args:
+        model: any form ``load_model`` takes (nn.Module, 'module:factory', 'monai:Arch ...',
+            TorchScript or ONNX path).
+        example_input: a tensor/array of the input shape (or pass ``input_shape``).
+        calibration: DICOM folder, .npy/.npz, array or iterable of preprocessed samples.
+        validation: labelled data (DICOM folder with labels.csv or class sub-folders, or
+            LabelledArrays); unlabelled data gates on agreement only; None gates on agreement
+            over the calibration inputs.
+        target: a target profile name, .toml path or TargetProfile.
+        out: output directory (replaced atomically); a temporary one if None.
+        labels: class names, in output order.
+        preprocess: the PreprocessSpec (default: resize to the input size, window from the file).
+        gate: accuracy gate limits (default: the profile's).
+    Returns:
+        the chosen Artifact (on disk in ``out``).
+    Raises:
+        InvalidInputError, ExportError, CalibrationError, ProfileError: bad input.
+        GateError: no candidate passed the gate (``out/report.json`` is written, no artifact).
+    """
+    opts = options or BuildOptions()
+    say = progress or (lambda msg: None)
+    t_start = time.perf_counter()
+    profile = load_target(target)
+    gate_cfg = gate or profile.gate
+    src = load_model(model, weights=weights)
+    io = _io_spec(src, example_input, input_shape, labels)
+    n_classes = _check_forward(src, io)
+    if io.labels and len(io.labels) != n_classes:
+        raise InvalidInputError("number of labels differs from the model's outputs",
+                                expected=str(n_classes), found=str(len(io.labels)))
+    spec = preprocess or PreprocessSpec(size=tuple(io.sample_shape[-2:]),  # type: ignore[arg-type]
+                                        channels=io.sample_shape[0] if io.sample_shape[0] in (1, 3) else 1)
+    threads = opts.threads or int(profile.runtime.get("threads", 2))
+    say("loading calibration data")
+    calib = sample_calibration(calibration, io, spec, count=profile.calibration.count,
+                               seed=profile.calibration.seed) if calibration is not None else None
+    if validation is not None:
+        say("loading validation data")
+        val = to_arrays(validation, io, spec, what="validation")
+        val_x, val_y = val.x, val.y
+        if val_y is not None and not io.labels and val.class_names:
+            io = IOSpec(**{**io.__dict__, "labels": tuple(val.class_names)})
+        check_labels(val_y, n_classes)
+        gate_data = "validation set" + ("" if val_y is not None else " (unlabelled: agreement only)")
+    elif calib is not None:
+        val_x, val_y = calib.x, None
+        gate_data = "calibration inputs (no validation set given: agreement only)"
+    else:
+        val_x, val_y, gate_data = None, None, ""
+    match, match_why = host_matches(profile)
+    ctx = BuildContext(
+        calibration=calib.x if calib is not None else None,
+        calibration_info=calib.info() if calib is not None else {}, seed=opts.seed,
+        threads=threads, host_matches_target=match, progress=say, extras=dict(opts.extras),
+    )
+    out_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="edgemed-build-"))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        return _build_in(stage, out_dir, src, io, spec, profile, gate_cfg, ctx, opts, calib,
+                         val_x, val_y, gate_data, match, match_why, threads, say, t_start)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _build_in(stage: Path, out_dir: Path, src: ModelSource, io: IOSpec, spec: PreprocessSpec,
+              profile: TargetProfile, gate_cfg: GateConfig, ctx: BuildContext, opts: BuildOptions,
+              calib: Any, val_x: np.ndarray | None, val_y: np.ndarray | None, gate_data: str,
+              match: bool, match_why: str, threads: int, say: Callable[[str], None],
+              t_start: float) -> Artifact:
+    work = stage / "work"
+    if src.kind == "torch":
+        source = Artifact(path=work, format="torch", model_file="", io=io, preprocess=spec,
+                          payload=src.module)
+    else:
+        source = Artifact(path=src.onnx_path.parent, format="onnx",  # type: ignore[union-attr]
+                          model_file=src.onnx_path.name, io=io, preprocess=spec)  # type: ignore[union-attr]
+    source = source.with_record({"pass": "source", "model": src.description, "sha256": src.sha256,
+                                 "kind": src.kind})
+    if calib is not None:
+        source = source.with_record({"pass": "calibration_set", **calib.info()})
+    runner = _Runner(source, work, ctx)
+    if opts.select not in ("auto", "default"):
+        profile.variant(opts.select)
+    chosen_names = [v.name for v in profile.variants]
+    if opts.select not in ("auto", "default"):
+        chosen_names = [opts.select]
+    elif opts.select == "default" or not match:
+        chosen_names = [profile.default_variant]
+    results: dict[str, tuple[Artifact, GateResult | None]] = {}
+    reference: Artifact | None = None
+    ref_logits = None
+    for name in chosen_names:
+        v = profile.variant(name)
+        art, fp32 = runner.run(v)
+        art = art.evolve(backend=v.backend, backend_options=profile.backend_options(v),
+                         target={"name": profile.name, "sha256": profile.sha256, "variant": v.name})
+        if reference is None and fp32 is not None:
+            reference = fp32.evolve(backend="onnxruntime", backend_options=dict(profile.runtime))
+            if val_x is not None:
+                say("evaluating the FP32 reference")
+                ref_logits = _logits(reference, "onnxruntime", {"threads": threads}, val_x,
+                                     opts.eval_batch)
+        verdict = None
+        if ref_logits is not None and val_x is not None:
+            say(f"{name}: accuracy gate")
+            cand = _logits(art, v.backend, {**art.backend_options, "threads": threads}, val_x,
+                           opts.eval_batch)
+            verdict = run_gate(ref_logits, cand, val_y, gate_cfg)
+        results[name] = (art, verdict)
+    passing = [n for n, (_, g) in results.items() if g is None or g.passed]
+    selection: dict[str, Any] = {
+        "host_matches_target": match, "host": match_why, "gate_data": gate_data,
+        "candidates": {n: (g.to_dict() if g else None) for n, (_, g) in results.items()},
+    }
+    timings: dict[str, Any] = {}
+    if not passing:
+        report = {"ok": False, "target": profile.name, "selection": selection,
+                  "seconds": round(time.perf_counter() - t_start, 2)}
+        _write_report_only(out_dir, report)
+        worst = next(iter(results.values()))[1]
+        raise GateError(
+            f"no candidate for {profile.name} passed the accuracy gate",
+            expected=f"accuracy drop <= {gate_cfg.max_accuracy_drop}, AUC drop <= "
+            f"{gate_cfg.max_auc_drop}" if val_y is not None else
+            f"top-1 agreement >= {gate_cfg.min_agreement}",
+            found="; ".join(f"{n}: {', '.join(g.reasons)}" for n, (_, g) in results.items() if g),
+            fix="try calibration='percentile' or 'entropy', keep sensitive layers in FP32, or "
+            "relax the gate deliberately", report=report,
+        )
+    if match and len(passing) > 1 and val_x is not None:
+        say("timing the candidates on this host")
+        timings = _time_variants({n: results[n][0] for n in passing}, reference, val_x[:1],
+                                 threads, opts.timing_runs)
+        chosen = min(passing, key=lambda n: timings[n]["p50"])
+        why = (f"fastest of {len(passing)} candidates that passed the gate, timed on this host "
+               f"({match_why})")
+    else:
+        chosen = passing[0]
+        if match and reference is not None and val_x is not None:
+            timings = _time_variants({chosen: results[chosen][0]}, reference, val_x[:1], threads,
+                                     opts.timing_runs)
+        why = ("the only candidate requested" if opts.select not in ("auto", "default") else
+               f"the profile's declared default; latency {'measured' if timings else 'unmeasured'}"
+               f" ({match_why})")
+    selection.update({"chosen": chosen, "why": why, "timings_ms": timings,
+                      "latency": "measured" if timings else "unmeasured"})
+    art, verdict = results[chosen]
+    return _finish(stage, out_dir, art, reference, verdict, selection, profile, opts, t_start)
+
+
+def _time_variants(arts: dict[str, Artifact], reference: Artifact | None, x: np.ndarray,
+                   threads: int, runs: int) -> dict[str, Any]:
+    sessions = {n: open_artifact(a, options={**a.backend_options, "threads": threads})
+                for n, a in arts.items()}
+    if reference is not None:
+        sessions["fp32-reference"] = open_artifact(reference, options={"threads": threads})
+    try:
+        feeds = {n: {s.io.input_name: x} for n, s in sessions.items()}
+        calls = {n: (lambda s=s, f=feeds[n]: s.run(f)) for n, s in sessions.items()}
+        stats = interleaved_latency(calls, runs=runs, warmup=3)
+    finally:
+        for s in sessions.values():
+            s.close()
+    out: dict[str, Any] = {n: st.to_dict() for n, st in stats.items()}
+    if "fp32-reference" in stats:
+        ref = stats["fp32-reference"].p50
+        for n in arts:
+            out[n]["ratio_to_fp32"] = round(stats[n].p50 / ref, 4)
+    return out
+
+
+def _write_report_only(out_dir: Path, report: dict[str, Any]) -> None:
+    """Gate failed: leave only report.json (no model, no artifact.json) in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("artifact.json",):
+        (out_dir / stale).unlink(missing_ok=True)
+    atomic_write_bytes(out_dir / REPORT_FILE, json.dumps(report, indent=2, default=str).encode())
+
+
+def _copy_artifact(art: Artifact, dest: Path, model_name: str) -> Artifact:
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(art.model_path, dest / model_name)
+    for extra in art.extra_files:
+        (dest / extra).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(art.path) / extra, dest / extra)
+    return art.evolve(path=dest, model_file=model_name)
+
+
+def _finish(stage: Path, out_dir: Path, art: Artifact, reference: Artifact | None,
+            verdict: GateResult | None, selection: dict[str, Any], profile: TargetProfile,
+            opts: BuildOptions, t_start: float) -> Artifact:
+    final_dir = stage / "final"
+    suffix = Path(art.model_file).suffix or ".bin"
+    final = _copy_artifact(art, final_dir, f"model{suffix}")
+    metrics: dict[str, Any] = {"gate": verdict.to_dict() if verdict else None,
+                               "size_bytes": final.model_path.stat().st_size}
+    if reference is not None and opts.keep_reference:
+        ref = _copy_artifact(reference, final_dir / "reference", "model.onnx")
+        ref.save()
+        metrics["reference_size_bytes"] = ref.model_path.stat().st_size
+        metrics["size_ratio"] = round(metrics["size_bytes"] / metrics["reference_size_bytes"], 4)
+    final = final.with_record({"pass": "select_variant", **selection})
+    final = final.evolve(metrics=metrics)
+    final.save()
+    report = {"ok": True, "target": profile.name, "chosen": selection["chosen"],
+              "metrics": metrics, "selection": selection,
+              "seconds": round(time.perf_counter() - t_start, 2)}
+    atomic_write_bytes(final_dir / REPORT_FILE, json.dumps(report, indent=2, default=str).encode())
+    # swap into place: out_dir is either the old result or the new one, never a mix
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+    final_dir.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return Artifact.load(out_dir)

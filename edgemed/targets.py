@@ -1,0 +1,225 @@
+"""Hardware target profiles: TOML data validated with pydantic (unknown keys rejected).
+
+A profile lists candidate variants (a pass chain + a backend each), the declared default variant,
+host-matching rules (can this build host stand in for the target when timing?), runtime options and
+budgets. ``load_target`` checks every pass name and config, that each pass accepts the previous
+pass's output format, and that the variant's backend can run the final format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgemed_runtime.backends import backend_class
+
+from .errors import InvalidInputError, ProfileError
+from .evaluate import GateConfig
+from .passes.base import get_pass_class, make_config
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "targets"
+SOURCE_FORMATS = ("torch", "onnx")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HostMatch(_Strict):
+    """When the build host can stand in for the target (for timing variants)."""
+
+    arch: tuple[str, ...] = ()
+    cpu_flags_any: tuple[str, ...] = ()
+    cpu_flags_all: tuple[str, ...] = ()
+    needs_gpu: bool = False
+
+
+class Budget(_Strict):
+    latency_ms: float | None = Field(None, gt=0)
+    memory_mb: float | None = Field(None, gt=0)
+
+
+class CalibrationSettings(_Strict):
+    count: int = Field(64, ge=1)
+    seed: int = 0
+
+
+class Variant(_Strict):
+    """One candidate: a pass chain and the backend that runs its output."""
+
+    name: str
+    backend: str
+    passes: tuple[dict[str, Any], ...]
+    backend_options: dict[str, Any] = Field(default_factory=dict)
+
+    def pass_specs(self) -> list[tuple[str, dict[str, Any]]]:
+        """``[(pass_name, settings), ...]``."""
+        return [(str(p["pass"]), {k: v for k, v in p.items() if k != "pass"}) for p in self.passes]
+
+
+class TargetProfile(_Strict):
+    """A hardware target as data."""
+
+    name: str
+    description: str = ""
+    kind: str = Field("cpu", pattern="^(cpu|gpu|mobile)$")
+    host: HostMatch = HostMatch()
+    runtime: dict[str, Any] = Field(default_factory=dict)
+    budget: Budget = Budget()
+    calibration: CalibrationSettings = CalibrationSettings()
+    gate: GateConfig = GateConfig()
+    default_variant: str
+    variants: tuple[Variant, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TargetProfile":
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names repeat: {names}")
+        if self.default_variant not in names:
+            raise ValueError(f"default_variant {self.default_variant!r} is not one of {names}")
+        return self
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the profile's canonical JSON (recorded in artifacts and bundles)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def variant(self, name: str) -> Variant:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise ProfileError("unknown variant", expected=", ".join(v.name for v in self.variants),
+                           found=name)
+
+    def backend_options(self, variant: Variant) -> dict[str, Any]:
+        """Runtime options for ``variant``: the profile's, overridden by the variant's."""
+        return {**self.runtime, **variant.backend_options}
+
+
+def check_chain(profile: TargetProfile) -> None:
+    """Validate every variant's pass chain and backend; raise ProfileError with the reason."""
+    for v in profile.variants:
+        fmt: tuple[str, ...] = SOURCE_FORMATS
+        for i, (pname, settings) in enumerate(v.pass_specs()):
+            cls = get_pass_class(pname)
+            make_config(pname, cls.Config, settings)
+            if not set(fmt) & set(cls.accepts):
+                raise ProfileError(
+                    f"variant {v.name!r}: pass {i + 1} ({pname}) cannot take the previous output",
+                    expected=f"one of {', '.join(cls.accepts)}", found=" / ".join(fmt),
+                    fix="reorder the passes or add a conversion pass", code="format-mismatch",
+                )
+            fmt = (cls.produces,)
+        try:
+            be = backend_class(v.backend)
+        except InvalidInputError as exc:
+            raise ProfileError(f"variant {v.name!r}: unknown backend", expected=exc.expected,
+                               found=v.backend, code="unknown-backend") from None
+        if fmt[0] not in be.formats:
+            raise ProfileError(
+                f"variant {v.name!r}: backend {v.backend!r} cannot run {fmt[0]!r}",
+                expected=", ".join(be.formats), found=fmt[0], code="backend-format",
+                fix="change the backend or the last pass",
+            )
+
+
+def search_dirs(extra: list[str | os.PathLike[str]] | None = None) -> list[Path]:
+    """Where profiles are looked up: ``extra``, $EDGEMED_TARGETS (os.pathsep list), built-ins."""
+    dirs = [Path(d) for d in (extra or [])]
+    env = os.environ.get("EDGEMED_TARGETS")
+    if env:
+        dirs += [Path(d) for d in env.split(os.pathsep) if d]
+    return [*dirs, BUILTIN_DIR]
+
+
+def parse_profile(text: str, origin: str) -> TargetProfile:
+    """Parse and validate TOML text into a checked TargetProfile."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError("target profile is not valid TOML", found=f"{origin}: {exc}") from None
+    try:
+        profile = TargetProfile(**data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(profile)'}: {e['msg']}"
+                             for e in exc.errors())
+        raise ProfileError(f"invalid target profile {origin}", found=problems,
+                           fix="see targets/cpu-x86.toml for a complete example") from None
+    check_chain(profile)
+    return profile
+
+
+def load_target(name_or_path: str | os.PathLike[str] | TargetProfile,
+                dirs: list[str | os.PathLike[str]] | None = None) -> TargetProfile:
+    """Load a profile by name (searched in ``search_dirs``) or from a ``.toml`` path.
+
+    Raises:
+        ProfileError: unknown target or an invalid profile.
+    """
+    if isinstance(name_or_path, TargetProfile):
+        return name_or_path
+    p = Path(name_or_path)
+    if p.suffix == ".toml":
+        if not p.is_file():
+            raise ProfileError("target profile file not found", found=str(p), code="not-found")
+        return parse_profile(p.read_text(), str(p))
+    for d in search_dirs(dirs):
+        f = d / f"{name_or_path}.toml"
+        if f.is_file():
+            return parse_profile(f.read_text(), str(f))
+    raise ProfileError("unknown target", expected=", ".join(list_targets(dirs)),
+                       found=str(name_or_path), fix="edgemed targets list", code="unknown-target")
+
+
+def list_targets(dirs: list[str | os.PathLike[str]] | None = None) -> list[str]:
+    """Names of every profile found (user folders first; a user profile shadows a built-in)."""
+    seen: dict[str, None] = {}
+    for d in search_dirs(dirs):
+        if d.is_dir():
+            for f in sorted(d.glob("*.toml")):
+                seen.setdefault(f.stem, None)
+    return list(seen)
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """This host's CPU feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def host_matches(profile: TargetProfile) -> tuple[bool, str]:
+    """Whether this host can stand in for the target, and why (or why not)."""
+    h = profile.host
+    arch = platform.machine()
+    if h.arch and arch not in h.arch:
+        return False, f"host arch {arch} is not one of {', '.join(h.arch)}"
+    flags = cpu_flags()
+    if h.cpu_flags_all and not set(h.cpu_flags_all) <= flags:
+        return False, f"host lacks CPU flags {', '.join(sorted(set(h.cpu_flags_all) - flags))}"
+    if h.cpu_flags_any and not set(h.cpu_flags_any) & flags:
+        return False, f"host has none of the CPU flags {', '.join(h.cpu_flags_any)}"
+    if h.needs_gpu:
+        try:
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                return False, "target needs an NVIDIA GPU; this host has none"
+        except ImportError:
+            return False, "target needs an NVIDIA GPU; onnxruntime-gpu is not installed"
+    return True, f"host {arch} matches ({', '.join(sorted(set(h.cpu_flags_any) & flags)) or 'no flag rules'})"
