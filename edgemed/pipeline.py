@@ -121,21 +121,37 @@ class _Runner:
         self.ctx = ctx
         self.memo: dict[str, Artifact] = {}
 
+    def _step(self, key: str, pname: str, settings: Any, art: Artifact, label: str) -> Artifact:
+        if key not in self.memo:
+            p = get_pass_class(pname)(settings)
+            self.ctx.progress(f"{label}: {pname}")
+            wd = self.workdir / f"step{len(self.memo):02d}_{pname}"
+            wd.mkdir(parents=True, exist_ok=True)
+            self.memo[key] = p(art, wd, self.ctx)
+        return self.memo[key]
+
     def run(self, variant: Variant) -> tuple[Artifact, Artifact | None]:
-        """Return (final artifact, the FP32 ONNX export if the chain has one)."""
+        """Return (final artifact, the FP32 ONNX export of the *unmodified* source if any).
+
+        When torch-side passes (pruning, clustering...) change the model before the export, the
+        reference is the same export run on the source model, so the gate compares the
+        compressed candidate with the original FP32 model.
+        """
         art, fp32 = self.source, None
         key = ""
+        torch_changed = False
         for i, (pname, settings) in enumerate(variant.pass_specs()):
             key += json.dumps([pname, settings], sort_keys=True)
-            if key not in self.memo:
-                p = get_pass_class(pname)(settings)
-                self.ctx.progress(f"{variant.name}: {pname}")
-                wd = self.workdir / f"step{len(self.memo):02d}_{pname}"
-                wd.mkdir(parents=True, exist_ok=True)
-                self.memo[key] = p(art, wd, self.ctx)
-            art = self.memo[key]
+            before = art
+            art = self._step(key, pname, settings, art, variant.name)
+            if art.format == "torch" and before.format == "torch" and art is not before:
+                torch_changed = True
             if art.format == "onnx" and fp32 is None:
-                fp32 = art
+                if torch_changed:
+                    ref_key = json.dumps([pname, settings], sort_keys=True)
+                    fp32 = self._step(ref_key, pname, settings, self.source, "reference")
+                else:
+                    fp32 = art
         return art, fp32
 
 
@@ -274,8 +290,16 @@ def _build_in(stage: Path, out_dir: Path, src: ModelSource, io: IOSpec, spec: Pr
             verdict = run_gate(ref_logits, cand, val_y, gate_cfg)
         results[name] = (art, verdict)
     passing = [n for n, (_, g) in results.items() if g is None or g.passed]
+    warnings = []
+    first = next((g for _, g in results.values() if g is not None and g.labelled), None)
+    if first is not None and first.reference.get("auc", 1.0) < 0.5:
+        warnings.append(
+            f"the FP32 reference scores AUC {first.reference['auc']:.3f} (< 0.5) on the validation "
+            f"set: the class order {list(io.labels)} may not match the model's outputs; pass "
+            "labels=... (--labels) in output order")
     selection: dict[str, Any] = {
         "host_matches_target": match, "host": match_why, "gate_data": gate_data,
+        "class_order": list(io.labels), "warnings": warnings,
         "candidates": {n: (g.to_dict() if g else None) for n, (_, g) in results.items()},
     }
     timings: dict[str, Any] = {}

@@ -1,4 +1,10 @@
-"""Interleaved timing: run candidates A B A B ... so their ratios hold on a noisy, shared machine."""
+"""Interleaved timing: run candidates A B A B ... so their ratios hold on a noisy, shared machine.
+
+``interleaved_samples`` returns the raw per-call times (seconds) of every candidate, taken in
+rotating order round after round; ``interleaved_latency`` summarises them (p50/p90/p99/mean/std).
+``ratio`` compares two candidates' samples from the same run: the ratio of medians, the median of
+per-round paired ratios, and a bootstrap confidence interval.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +38,36 @@ class LatencyStats:
         return {k: round(float(v), 4) for k, v in self.__dict__.items()}
 
 
+def interleaved_samples(
+    candidates: Mapping[str, Callable[[], object]],
+    *,
+    runs: int = 30,
+    warmup: int = 3,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Call each zero-argument callable ``runs`` times, interleaved, after ``warmup`` calls each.
+
+    The order rotates every round (A B C, B C A, ...) so no candidate always runs first (or
+    always right after the same neighbour). Returns the per-call times in seconds, in call order.
+    """
+    names = list(candidates)
+    for _ in range(warmup):
+        for name in names:
+            candidates[name]()
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    clock = time.perf_counter
+    for r in range(runs):
+        k = r % len(names) if names else 0
+        for name in names[k:] + names[:k]:
+            fn = candidates[name]
+            t0 = clock()
+            fn()
+            samples[name].append(clock() - t0)
+        if progress is not None:
+            progress(r + 1, runs)
+    return {n: np.asarray(s, dtype=np.float64) for n, s in samples.items()}
+
+
 def interleaved_latency(
     candidates: Mapping[str, Callable[[], object]],
     *,
@@ -43,17 +79,33 @@ def interleaved_latency(
 
     The order rotates every round (A B C, B C A, ...) so no candidate always runs first.
     """
-    names = list(candidates)
-    for name in names:
-        for _ in range(warmup):
-            candidates[name]()
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(runs):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for name in order:
-            t0 = time.perf_counter()
-            candidates[name]()
-            samples[name].append(time.perf_counter() - t0)
-        if progress is not None:
-            progress(r + 1, runs)
-    return {n: LatencyStats.from_samples(s) for n, s in samples.items()}
+    raw = interleaved_samples(candidates, runs=runs, warmup=warmup, progress=progress)
+    return {n: LatencyStats.from_samples(s) for n, s in raw.items()}
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """``a`` relative to ``b`` from samples of the same interleaved run."""
+
+    of_medians: float
+    paired_median: float
+    ci_low: float
+    ci_high: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: round(float(v), 4) for k, v in self.__dict__.items()}
+
+
+def ratio(a: np.ndarray, b: np.ndarray, *, boot: int = 400, seed: int = 0) -> Ratio:
+    """Median(a) / median(b), the median of round-by-round ratios, and a 95% bootstrap CI.
+
+    Rounds are resampled together (a_i with b_i), which keeps the pairing the interleaving made.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    n = min(len(a), len(b))
+    a, b = a[:n], b[:n]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(boot, n))
+    boots = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return Ratio(float(np.median(a) / np.median(b)), float(np.median(a / b)), float(lo), float(hi))

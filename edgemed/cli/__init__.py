@@ -10,6 +10,7 @@ import importlib
 import sys
 
 import typer
+from rich.markup import escape
 
 from .common import console, err_console
 
@@ -40,7 +41,7 @@ def main() -> None:
     try:
         app()
     except EdgemedError as exc:  # commands render their own; this is the last net
-        err_console.print(f"[bold red]error:[/] {exc}")
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         sys.exit(exc.exit_code)
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 err_console = Console(stderr=True)
@@ -29,5 +30,24 @@ def handle_errors(as_json: bool = False) -> Iterator[None]:
         if as_json:
             print_json({"ok": False, "error": exc.to_dict()})
         else:
-            err_console.print(f"[bold red]error:[/] {exc}")
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(exc.exit_code) from None
+
+
+@contextmanager
+def progress_callback(title: str, quiet: bool = False) -> Iterator[Callable[[str], None]]:
+    """A rich spinner whose text follows ``say(message)``; silent when ``quiet``."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    if quiet:
+        yield lambda msg: None
+        return
+    with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
+                  console=err_console, transient=True) as prog:
+        task = prog.add_task(title, total=None)
+
+        def say(msg: str) -> None:
+            prog.update(task, description=f"{title}: {msg}")
+            prog.console.log(msg)
+
+        yield say

@@ -1,7 +1,9 @@
 """Synthetic CT-like DICOM series with a lesion-present/absent label.
 
 Valid DICOM (CT Image Storage, proper UIDs, HU stored with Rescale Slope/Intercept, a stored
-window), several patients and scanner models. Deterministic for a given seed.
+window), several patients and scanner models. Deterministic for a given seed. Optionally some
+MONOCHROME1 slices (Secondary Capture, stored inverted so they display like the others) and some
+patients written as one multi-frame file (Multi-frame Grayscale Word Secondary Capture).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from pathlib import Path
 import numpy as np
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+SC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
+MF_GREY_WORD_SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7.3"
+WINDOW = (40, 400)
 SCANNERS = (
     ("ACME Medical", "Tomo 64"),
     ("Northwind Imaging", "CT-Vista 128"),
@@ -76,18 +81,32 @@ def write_ct_slice(
     instance: int,
     scanner: tuple[str, str],
     seed: int,
+    photometric: str = "MONOCHROME2",
 ) -> None:
-    """Write HU values as a 16-bit CT DICOM file (stored = HU + 1024, intercept -1024)."""
+    """Write HU values as a 16-bit CT DICOM file (stored = HU + 1024, intercept -1024).
+
+    ``hu`` may be (H, W) or (frames, H, W) (then a multi-frame Secondary Capture file).
+    ``photometric="MONOCHROME1"`` writes a Secondary Capture file whose values are mirrored about
+    the window centre, so after the VOI and the MONOCHROME1 inversion it displays like the
+    MONOCHROME2 original.
+    """
+    sop_class = CT_IMAGE_STORAGE
+    if hu.ndim == 3:
+        sop_class = MF_GREY_WORD_SC_STORAGE
+    elif photometric == "MONOCHROME1":
+        sop_class = SC_IMAGE_STORAGE
+    if photometric == "MONOCHROME1":
+        hu = (2 * WINDOW[0] - 1) - hu
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
     sop_uid = _uid(seed, series_uid, instance)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+    meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = CT_IMAGE_STORAGE
+    ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
@@ -100,6 +119,8 @@ def write_ct_slice(
     ds.StudyID = "1"
     ds.AccessionNumber = f"ACC{patient_id[-4:]}"
     ds.Modality = "CT"
+    if sop_class != CT_IMAGE_STORAGE:
+        ds.ConversionType = "WSD"
     ds.BodyPartExamined = "CHEST"
     ds.Manufacturer, ds.ManufacturerModelName = scanner
     ds.SeriesNumber = 1
@@ -109,8 +130,11 @@ def write_ct_slice(
     ds.SliceThickness = 2.5
     ds.PixelSpacing = [0.7, 0.7]
     ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = hu.shape
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = hu.shape[-2:]
+    if hu.ndim == 3:
+        ds.NumberOfFrames = hu.shape[0]
+        ds.FrameIncrementPointer = 0x00200013
     ds.BitsAllocated = 16
     ds.BitsStored = 12
     ds.HighBit = 11
@@ -118,8 +142,7 @@ def write_ct_slice(
     ds.RescaleIntercept = -1024
     ds.RescaleSlope = 1
     ds.RescaleType = "HU"
-    ds.WindowCenter = 40
-    ds.WindowWidth = 400
+    ds.WindowCenter, ds.WindowWidth = WINDOW
     stored = np.clip(np.rint(hu + 1024), 0, 4095).astype(np.uint16)
     ds.PixelData = stored.tobytes()
     ds.save_as(str(path), enforce_file_format=True)
@@ -133,12 +156,21 @@ def make_dataset(
     size: int = 128,
     seed: int = 0,
     lesion_fraction: float = 0.5,
+    monochrome1_fraction: float = 0.0,
+    multiframe_patients: int = 0,
 ) -> SyntheticSet:
     """Write a labelled synthetic CT dataset under ``out`` and a ``labels.csv`` beside it.
 
     Layout: ``out/<patient_id>/IM<nnnn>.dcm``; labels.csv has ``path,label,patient_id``
     (paths relative to ``out``). Each patient gets one scanner; labels are balanced per patient.
+
+    Args:
+        monochrome1_fraction: share of single-frame slices written as MONOCHROME1.
+        multiframe_patients: the first N patients are written as one multi-frame file
+            ``MF0000.dcm`` each (label: lesion if any slice has one).
+    With the defaults (0, 0) the output is the same as before these options existed.
     """
+    extra = np.random.default_rng([seed, 0x5EED])  # separate stream: defaults stay identical
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -151,14 +183,29 @@ def make_dataset(
         series_uid = _uid(seed, pid, "series")
         scanner = SCANNERS[p % len(SCANNERS)]
         (root / pid).mkdir(exist_ok=True)
+        frames: list[np.ndarray] = []
+        frame_lesions: list[bool] = []
         for s in range(slices_per_patient):
             lesion = bool(rng.random() < lesion_fraction)
             hu = make_slice(rng, size, lesion)
+            if p < multiframe_patients:
+                frames.append(hu)
+                frame_lesions.append(lesion)
+                continue
+            mono1 = monochrome1_fraction > 0 and bool(extra.random() < monochrome1_fraction)
             path = root / pid / f"IM{s:04d}.dcm"
             write_ct_slice(path, hu, patient_id=pid, study_uid=study_uid, series_uid=series_uid,
-                           instance=s + 1, scanner=scanner, seed=seed)
+                           instance=s + 1, scanner=scanner, seed=seed,
+                           photometric="MONOCHROME1" if mono1 else "MONOCHROME2")
             paths.append(path)
             labels.append(int(lesion))
+            patients.append(pid)
+        if frames:
+            path = root / pid / "MF0000.dcm"
+            write_ct_slice(path, np.stack(frames), patient_id=pid, study_uid=study_uid,
+                           series_uid=series_uid, instance=1, scanner=scanner, seed=seed)
+            paths.append(path)
+            labels.append(int(any(frame_lesions)))
             patients.append(pid)
     csv_path = root / "labels.csv"
     with open(csv_path, "w", newline="") as f:

@@ -111,6 +111,11 @@ def make_config(name: str, cls: type[PassConfig], values: Mapping[str, Any]) -> 
 _REGISTRY: dict[str, str] = {
     "export_onnx": "edgemed.passes.export_onnx:ExportOnnx",
     "quantize_onnxruntime": "edgemed.passes.quantize.onnxruntime:QuantizeOnnxRuntime",
+    "prune_unstructured": "edgemed.passes.prune_unstructured:PruneUnstructured",
+    "prune_structured": "edgemed.passes.prune_structured:PruneStructured",
+    "cluster_weights": "edgemed.passes.cluster:ClusterWeights",
+    "finetune": "edgemed.passes.finetune:Finetune",
+    "qat": "edgemed.passes.qat:QuantizationAwareTraining",
 }
 
 

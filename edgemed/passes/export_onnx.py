@@ -83,6 +83,15 @@ class ExportOnnx(Pass):
         module = artifact.payload
         data = self._export(module, artifact, cfg)
         inferred = check_onnx(data)
+        graph_inputs = [i.name for i in inferred.graph.input]
+        if graph_inputs != [artifact.io.input_name]:
+            raise ExportError(
+                "the exported graph does not take the model's input",
+                expected=f"one graph input named {artifact.io.input_name!r}",
+                found=f"graph inputs {graph_inputs}: the output was traced as a constant",
+                fix="keep the computation in torch operations (no .numpy(), .item() or Python "
+                "values derived from the input), or export to ONNX yourself",
+            )
         opset = max(o.version for o in inferred.opset_import if o.domain in ("", "ai.onnx"))
         parity = self._parity(module, data, artifact, ctx, cfg)
         atomic_write_bytes(out, data)
@@ -129,7 +138,13 @@ class ExportOnnx(Pass):
             inputs.append(("calibration", ctx.calibration[: cfg.parity_samples].astype(np.float32)))
         so = ort.SessionOptions()
         so.intra_op_num_threads = ctx.threads
-        sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+        try:
+            sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ExportError(
+                "onnxruntime cannot load the exported model", found=f"{type(exc).__name__}: {exc}"[:500],
+                fix="the model uses an operator onnxruntime lacks; export with another opset",
+            ) from None
         report: dict[str, Any] = {}
         for label, x in inputs:
             with torch.no_grad():

@@ -1,0 +1,184 @@
+"""Sealing an artifact into a bundle: encrypt its files under a fresh data key, write the
+signed ``bundle.json``, sign with OMS, wrap the data key for each device."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from edgemed_runtime.artifact import Artifact
+from edgemed_runtime.bundle.container import pack_archive
+from edgemed_runtime.bundle.crypto import encrypt_stream, key_commitment, new_data_key
+from edgemed_runtime.bundle.format import (
+    ARCHIVE_SUFFIX,
+    DEFAULT_CHUNK,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    MANIFEST_KIND,
+    MAX_CHUNK,
+    MIN_CHUNK,
+    PAYLOAD_DIR,
+    SIGNATURE_FILE,
+    STREAM_SCHEME,
+    PayloadEntry,
+    canonical_json,
+    check_family,
+    check_relpath,
+    format_time,
+)
+from edgemed_runtime.bundle.keys import load_private_key
+from edgemed_runtime.bundle.loader import runtime_version
+from edgemed_runtime.util import atomic_write_bytes
+
+from ..errors import InvalidInputError
+from .devices import Recipient, wrapped_key_file, write_bundle_dir
+from .signing import sign_files
+
+
+@dataclass(frozen=True)
+class SealOptions:
+    """What goes into bundle.json besides the artifact.
+
+    Attributes:
+        family: model family (lowercase, digits, . _ -); rollback is tracked per family.
+        release: monotonic release counter (>= 1); devices refuse lower ones.
+        version: human version string (default ``str(release)``).
+        expires: expiry time (default: 365 days after ``created``).
+        hardware_ids: device hardware ids allowed (empty: any).
+        min_runtime_version: oldest edgemed_runtime that may open it.
+        chunk_size: plaintext bytes per AES-GCM chunk.
+    """
+
+    family: str
+    release: int
+    version: str | None = None
+    expires: datetime | None = None
+    hardware_ids: tuple[str, ...] = ()
+    min_runtime_version: str | None = None
+    chunk_size: int = DEFAULT_CHUNK
+
+    def __post_init__(self) -> None:
+        check_family(self.family)
+        if type(self.release) is not int or not 1 <= self.release < 1 << 63:
+            raise InvalidInputError("release must be an integer >= 1", found=repr(self.release),
+                                    code="bad-release")
+        if not MIN_CHUNK <= self.chunk_size <= MAX_CHUNK:
+            raise InvalidInputError("chunk size out of range", expected=f"{MIN_CHUNK}..{MAX_CHUNK}",
+                                    found=str(self.chunk_size), code="bad-chunk-size")
+
+
+def build_manifest(art: Artifact, opts: SealOptions, *, bundle_id: str, created: datetime,
+                   commitment: str, payloads: Iterable[PayloadEntry]) -> dict[str, Any]:
+    """The bundle.json object for ``art`` (see docs/bundle-format.md)."""
+    from .. import __version__
+
+    expires = opts.expires or created + timedelta(days=365)
+    if expires <= created:
+        raise InvalidInputError("expiry is not after the creation time", found=format_time(expires),
+                                code="bad-expiry")
+    return {
+        "kind": MANIFEST_KIND,
+        "format_version": FORMAT_VERSION,
+        "bundle_id": bundle_id,
+        "family": opts.family,
+        "release": opts.release,
+        "version": opts.version or str(opts.release),
+        "created": format_time(created),
+        "expires": format_time(expires),
+        "min_runtime_version": opts.min_runtime_version or runtime_version(),
+        "target": dict(art.target),
+        "backend": art.backend,
+        "backend_options": dict(art.backend_options),
+        "format": art.format,
+        "hardware_ids": sorted(set(opts.hardware_ids)),
+        "io": art.io.to_dict(),
+        "preprocess": art.preprocess.to_dict(),
+        "labels": list(art.io.labels),
+        "metrics": dict(art.metrics),
+        "provenance": [dict(r) for r in art.provenance],
+        "encryption": {"scheme": STREAM_SCHEME, "aead": "AES-256-GCM", "kdf": "HKDF-SHA256",
+                       "key_commitment": commitment},
+        "payloads": [p.to_dict() for p in payloads],
+        "producer": {"edgemed": __version__},
+    }
+
+
+def seal(
+    artifact: Artifact | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    publisher_key: Any,
+    options: SealOptions,
+    recipients: Iterable[Recipient] = (),
+    publisher_key_password: str | None = None,
+    archive: bool | None = None,
+    overwrite: bool = False,
+    created: datetime | None = None,
+) -> Path:
+    """Seal an artifact into a bundle at ``out`` (a directory, or a ``.edgemed`` archive).
+
+    Args:
+        artifact: an Artifact or artifact directory (any on-disk format).
+        out: output path; ``archive`` defaults to ``out`` ending in ``.edgemed``.
+        publisher_key: ECDSA P-256 private key (path, PEM bytes or key object).
+        options: family, release, expiry... (SealOptions).
+        recipients: devices to wrap the data key for (more can be added later).
+    Returns:
+        the bundle's path.
+    Raises:
+        InvalidInputError: bad artifact / options / existing output.
+        BundleError: unsupported publisher or device key.
+    """
+    art = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
+    if art.format == "torch":
+        raise InvalidInputError("an in-memory torch model cannot be sealed",
+                                fix="seal the output of edgemed build", code="bad-artifact")
+    priv = load_private_key(publisher_key, password=publisher_key_password,
+                            what="publisher private key")
+    out_p = Path(out)
+    as_archive = out_p.suffix == ARCHIVE_SUFFIX if archive is None else archive
+    recips = list(recipients)
+    if len({r.fingerprint for r in recips}) != len(recips):
+        raise InvalidInputError("a device key is listed twice", code="duplicate-device")
+    created = (created or datetime.now(timezone.utc)).replace(microsecond=0)
+    bundle_id = secrets.token_hex(16)
+    bid = bytes.fromhex(bundle_id)
+    data_key = new_data_key()
+    files: dict[str, bytes] = {}
+    entries = []
+    for i, name in enumerate([art.model_file, *art.extra_files]):
+        src = Path(art.path) / name
+        base = check_relpath(Path(name).name, what="artifact file name")
+        try:
+            plain = src.read_bytes()
+        except OSError as exc:
+            raise InvalidInputError("artifact file is missing", found=f"{src}: {exc.strerror}",
+                                    fix="rebuild the artifact", code="not-found") from None
+        entry = PayloadEntry(path=f"{PAYLOAD_DIR}/{base}.enc", name=base,
+                             role="model" if i == 0 else "extra",
+                             plaintext_length=len(plain), chunk_size=options.chunk_size)
+        files[entry.path] = encrypt_stream(data_key, bid, entry, options.release, plain)
+        entries.append(entry)
+    manifest = build_manifest(art, options, bundle_id=bundle_id, created=created,
+                              commitment=key_commitment(data_key, bid), payloads=entries)
+    files[MANIFEST_FILE] = canonical_json(manifest)
+    model_name = out_p.name[: -len(ARCHIVE_SUFFIX)] if as_archive and out_p.name.endswith(
+        ARCHIVE_SUFFIX) else out_p.name
+    files[SIGNATURE_FILE] = sign_files({k: v for k, v in files.items()}, priv, model_name)
+    for r in recips:
+        rel, data = wrapped_key_file(data_key, bundle_id, r)
+        files[rel] = data
+    del data_key
+    if as_archive:
+        if out_p.exists() and not overwrite:
+            raise InvalidInputError("output already exists", found=str(out_p),
+                                    fix="pick another --out or pass --overwrite", code="exists")
+        atomic_write_bytes(out_p, pack_archive(files))
+    else:
+        write_bundle_dir(out_p, files, overwrite=overwrite)
+    return out_p
+

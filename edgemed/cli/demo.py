@@ -1,0 +1,55 @@
+"""``edgemed demo``: the whole job on built-in synthetic data, no arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from .common import console, handle_errors, print_json, progress_callback
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def demo(
+        out: Path = typer.Option(Path("edgemed-demo"), "--out", "-o", help="output folder"),
+        epochs: int = typer.Option(8, "--epochs", min=1, help="training epochs"),
+        patients: int = typer.Option(24, "--patients", min=5, help="synthetic patients"),
+        seed: int = typer.Option(0, "--seed"),
+        as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    ) -> None:
+        """Synthetic CT DICOM -> train a MONAI ResNet -> CPU INT8 artifact -> FP32 vs INT8."""
+        from dataclasses import asdict
+
+        from edgemed.demo import DemoConfig, run_demo
+
+        with handle_errors(as_json):
+            cfg = DemoConfig(epochs=epochs, n_patients=patients, seed=seed)
+            with progress_callback("demo", quiet=as_json) as say:
+                r = run_demo(out, cfg, progress=say)
+            if as_json:
+                print_json({"ok": True, **asdict(r)})
+                return
+            console.print(f"split by patient: {r.split}; chose [bold]{r.chosen_variant}[/]: {r.why}")
+            t = Table(title="held-out test patients: FP32 vs INT8 (same run)")
+            t.add_column("")
+            t.add_column("FP32", justify="right")
+            t.add_column("INT8", justify="right")
+            t.add_column("INT8 / FP32", justify="right")
+            for k in ("accuracy", "auc", "sensitivity", "specificity", "f1"):
+                t.add_row(k, f"{r.fp32[k]:.3f}", f"{r.int8[k]:.3f}", f"{r.int8[k] - r.fp32[k]:+.3f}")
+            t.add_row("size (MB)", f"{r.size_bytes['fp32'] / 1e6:.2f}", f"{r.size_bytes['int8'] / 1e6:.2f}",
+                      f"{r.size_bytes['int8'] / r.size_bytes['fp32']:.2f}x")
+            t.add_row("median latency (ms)", f"{r.latency_ms['fp32']:.2f}", f"{r.latency_ms['int8']:.2f}",
+                      f"{r.latency_ms['int8'] / r.latency_ms['fp32']:.2f}x")
+            t.add_row("top-1 agreement", "", f"{r.agreement['top1_agreement']:.3f}", "")
+            console.print(t)
+            p = Table(title="runtime predictions on held-out DICOM files")
+            for col in ("file", "label", "predicted", "p(lesion)"):
+                p.add_column(col)
+            for row in r.predictions:
+                p.add_row(row["file"], row["label"], row["predicted"], f"{row['p_lesion']:.3f}")
+            console.print(p)
+            console.print(f"artifact: {r.artifact}   try: edgemed predict {r.artifact} "
+                          f"{r.out / 'dicom'} ")

@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny models, synthetic DICOM, a built artifact (all seeded, all local)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small labelled synthetic CT set (6 patients x 6 slices, 32x32) with labels.csv."""
+    from edgemed.data.synthetic import make_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    make_dataset(root, n_patients=6, slices_per_patient=6, size=32, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def spec16():
+    from edgemed_runtime.preprocess import PreprocessSpec
+
+    return PreprocessSpec(window=(40.0, 400.0), size=(16, 16))
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path, spec16):
+    """TinyNet built for cpu-x86 from the synthetic folder (calibration + validation)."""
+    import torch
+    from tiny_models import make_net
+
+    import edgemed
+
+    out = tmp_path_factory.mktemp("built") / "art"
+    return edgemed.build(make_net(), torch.zeros(1, 1, 16, 16), calibration=synthetic_dir,
+                         validation=synthetic_dir, target="cpu-x86", out=out,
+                         labels=("no_lesion", "lesion"), preprocess=spec16)
+
+
+@pytest.fixture()
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

@@ -1,0 +1,107 @@
+"""Hostile and broken files -> InvalidInputError with a specific code; never a RecursionError,
+MemoryError or raw pydicom exception; no message or log line carries patient data."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytest
+
+from edgemed_runtime.dicom import load_input, read_image
+from edgemed_runtime.errors import InvalidInputError
+from edgemed_runtime.preprocess import PreprocessSpec
+
+from . import hostile
+
+CASES = {
+    "not_dicom": (hostile.not_dicom, "not-dicom"),
+    "truncated_header": (lambda p: hostile.truncated(p, 0.1), None),
+    "truncated_pixels": (lambda p: hostile.truncated(p, 0.8), None),
+    "huge_length": (hostile.huge_length, "declared-length"),
+    "deep_nesting": (lambda p: hostile.nested_sequences(p, 400), "nesting-too-deep"),
+    "very_deep_nesting": (lambda p: hostile.nested_sequences(p, 3000), "nesting-too-deep"),
+    "missing_pixels": (hostile.missing_pixels, "no-pixel-data"),
+    "wrong_pixel_length": (hostile.wrong_pixel_length, "pixel-length-mismatch"),
+    "absurd_dimensions": (hostile.absurd_dimensions, "pixel-budget"),
+    "executable_preamble": (hostile.executable_preamble, "executable-preamble"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_hostile_file_gives_coded_error(case, tmp_path, caplog):
+    build, code = CASES[case]
+    path = build(tmp_path / f"{case}.dcm")
+    caplog.set_level(logging.DEBUG)
+    for call in (lambda: read_image(path), lambda: load_input(path, PreprocessSpec())):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(InvalidInputError) as info:
+                call()
+        err = info.value
+        assert err.code != "invalid-input", "a specific code, not the default"
+        if code is not None:
+            assert err.code == code
+        else:
+            assert err.code in ("truncated", "pixel-length-mismatch", "corrupt", "declared-length",
+                                "no-pixel-data")
+        texts = [str(err), repr(err), str(err.to_dict())] + [str(w.message) for w in caught]
+        texts += [r.getMessage() for r in caplog.records]
+        for text in texts:
+            assert hostile.SENTINEL not in text and "ZZSENTINEL" not in text
+        assert err.__cause__ is None
+
+
+def test_process_keeps_serving_after_hostile_files(tmp_path):
+    for case, (build, _) in sorted(CASES.items()):
+        with pytest.raises(InvalidInputError):
+            load_input(build(tmp_path / f"{case}.dcm"), PreprocessSpec())
+    good = hostile.valid_file(tmp_path / "good.dcm")
+    assert load_input(good, PreprocessSpec(size=(16, 16))).shape == (1, 16, 16)
+
+
+def test_missing_path_and_frame_out_of_range(tmp_path):
+    with pytest.raises(InvalidInputError) as info:
+        read_image(tmp_path / "nope.dcm")
+    assert info.value.code == "not-found"
+    good = hostile.valid_file(tmp_path / "good.dcm")
+    with pytest.raises(InvalidInputError) as info:
+        read_image(good, frame=3)
+    assert info.value.code == "frame-out-of-range"
+
+
+def test_pixel_budget_is_checked_before_decoding(tmp_path):
+    good = hostile.valid_file(tmp_path / "good.dcm", rows=64, cols=64)
+    with pytest.raises(InvalidInputError) as info:
+        read_image(good, max_frame_pixels=64 * 64 - 1)
+    assert info.value.code == "pixel-budget"
+    assert read_image(good, max_frame_pixels=64 * 64).stored.shape == (64, 64)
+
+
+def test_missing_decoder_names_the_package(tmp_path):
+    """In a fresh interpreter where the JPEG 2000 plugins cannot be imported (as if not installed),
+    a JPEG 2000 file raises MissingDependencyError naming the package to install."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("MR_small_jp2klossless.dcm")
+    code = textwrap.dedent(f"""
+        import sys, importlib.abc
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] in ('openjpeg', 'PIL', 'gdcm', 'pylibjpeg'):
+                    raise ImportError('blocked: ' + name)
+        sys.meta_path.insert(0, Block())
+        from edgemed_runtime.dicom import read_image
+        from edgemed_runtime.errors import MissingDependencyError
+        try:
+            read_image({str(path)!r})
+        except MissingDependencyError as e:
+            print('CODE', e.code); print('FIX', e.fix)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "CODE missing-decoder" in out.stdout, out.stdout + out.stderr
+    assert "pylibjpeg" in out.stdout
