@@ -29,7 +29,8 @@ from edgemed_runtime.util import atomic_write_bytes
 
 from .bench.timing import interleaved_latency
 from .calibration import sample_calibration, to_arrays
-from .errors import GateError, InvalidInputError
+from .candidates import gate_backend, probe_candidate
+from .errors import GateError, InvalidInputError, MissingDependencyError, ProfileError
 from .evaluate import GateConfig, GateResult, check_labels, run_gate
 from .model import ModelSource, load_model
 from .passes.base import BuildContext, get_pass_class
@@ -155,6 +156,16 @@ class _Runner:
         return art, fp32
 
 
+def _unavailable(variant: Variant) -> str:
+    """Why ``variant`` cannot be built or run on this host ('' when it can)."""
+    from edgemed_runtime.backends import backend_class
+
+    missing = list(backend_class(variant.backend).missing())
+    for pname, _ in variant.pass_specs():
+        missing += [m for m in get_pass_class(pname).missing() if m not in missing]
+    return f"missing packages: {', '.join(missing)}" if missing else ""
+
+
 def _logits(art: Artifact, backend: str, options: dict[str, Any], x: np.ndarray, batch: int) -> np.ndarray:
     with open_artifact(art, backend=backend, options=options) as sess:
         return np.concatenate([sess.run({art.io.input_name: x[i:i + batch]})[art.io.output_names[0]]
@@ -268,7 +279,21 @@ def _build_in(stage: Path, out_dir: Path, src: ModelSource, io: IOSpec, spec: Pr
         chosen_names = [opts.select]
     elif opts.select == "default" or not match:
         chosen_names = [profile.default_variant]
+    skipped = {n: why for n in chosen_names if (why := _unavailable(profile.variant(n)))}
+    if skipped and len(skipped) == len(chosen_names) and opts.select == "auto":
+        rest = [v.name for v in profile.variants if v.name not in skipped and not _unavailable(v)]
+        chosen_names = rest[:1]
+    else:
+        chosen_names = [n for n in chosen_names if n not in skipped]
+    if not chosen_names:
+        raise MissingDependencyError(
+            f"no variant of {profile.name} can be built here",
+            expected="the packages its variants need", found="; ".join(
+                f"{n}: {w}" for n, w in skipped.items()),
+            fix="install them, e.g. pip install 'edgemed[openvino]'",
+        )
     results: dict[str, tuple[Artifact, GateResult | None]] = {}
+    gated_with: dict[str, dict[str, str]] = {}
     reference: Artifact | None = None
     ref_logits = None
     for name in chosen_names:
@@ -285,9 +310,13 @@ def _build_in(stage: Path, out_dir: Path, src: ModelSource, io: IOSpec, spec: Pr
         verdict = None
         if ref_logits is not None and val_x is not None:
             say(f"{name}: accuracy gate")
-            cand = _logits(art, v.backend, {**art.backend_options, "threads": threads}, val_x,
-                           opts.eval_batch)
-            verdict = run_gate(ref_logits, cand, val_y, gate_cfg)
+            gate_be, gate_why = gate_backend(v)
+            gated_with[name] = {"backend": gate_be, "why": gate_why}
+            gate_opts = {**art.backend_options, "threads": threads}
+            verdict = probe_candidate(art, gate_be, gate_opts, val_x[:1], val_y is not None)
+            if verdict is None:
+                cand = _logits(art, gate_be, gate_opts, val_x, opts.eval_batch)
+                verdict = run_gate(ref_logits, cand, val_y, gate_cfg)
         results[name] = (art, verdict)
     passing = [n for n, (_, g) in results.items() if g is None or g.passed]
     warnings = []
@@ -301,6 +330,8 @@ def _build_in(stage: Path, out_dir: Path, src: ModelSource, io: IOSpec, spec: Pr
         "host_matches_target": match, "host": match_why, "gate_data": gate_data,
         "class_order": list(io.labels), "warnings": warnings,
         "candidates": {n: (g.to_dict() if g else None) for n, (_, g) in results.items()},
+        "skipped": skipped,
+        "gated_with": gated_with,
     }
     timings: dict[str, Any] = {}
     if not passing:

@@ -13,11 +13,11 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small labelled synthetic CT set (6 patients x 6 slices, 32x32) with labels.csv."""
+    """A small labelled synthetic CT set (8 patients x 8 slices, 32x32) with labels.csv."""
     from edgemed.data.synthetic import make_dataset
 
     root = tmp_path_factory.mktemp("synthetic")
-    make_dataset(root, n_patients=6, slices_per_patient=6, size=32, seed=0)
+    make_dataset(root, n_patients=8, slices_per_patient=8, size=32, seed=0)
     return root
 
 
@@ -29,15 +29,29 @@ def spec16():
 
 
 @pytest.fixture(scope="session")
-def tiny_artifact(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path, spec16):
-    """TinyNet built for cpu-x86 from the synthetic folder (calibration + validation)."""
-    import torch
+def trained_tiny(synthetic_dir: Path, spec16):
+    """TinyNet trained for a few epochs on the synthetic folder (seeded)."""
     from tiny_models import make_net
+
+    from edgemed.dicom import load_folder
+    from edgemed.train import TrainConfig, train_classifier
+
+    data = load_folder(synthetic_dir, spec16, class_names=("no_lesion", "lesion"))
+    net = make_net()
+    train_classifier(net, data.x, data.y, TrainConfig(epochs=30, batch_size=16, lr=1e-2, seed=0))
+    return net
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path, spec16,
+                  trained_tiny):
+    """The trained TinyNet built for cpu-x86 from the synthetic folder (calib + validation)."""
+    import torch
 
     import edgemed
 
     out = tmp_path_factory.mktemp("built") / "art"
-    return edgemed.build(make_net(), torch.zeros(1, 1, 16, 16), calibration=synthetic_dir,
+    return edgemed.build(trained_tiny, torch.zeros(1, 1, 16, 16), calibration=synthetic_dir,
                          validation=synthetic_dir, target="cpu-x86", out=out,
                          labels=("no_lesion", "lesion"), preprocess=spec16)
 

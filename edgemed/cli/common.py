@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+import sys
+from contextlib import contextmanager, nullcontext, redirect_stdout
+from typing import IO, Any, Callable, Iterator
 
 import typer
 from rich.console import Console
@@ -14,24 +15,39 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+_JSON_OUT: list[IO[str]] = []
+
+
 def print_json(data: Any) -> None:
-    """Print ``data`` as JSON on stdout (for ``--json``)."""
-    typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    """Print ``data`` as JSON on the real stdout (for ``--json``), even inside handle_errors."""
+    out = _JSON_OUT[-1] if _JSON_OUT else sys.stdout
+    out.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    out.flush()
 
 
 @contextmanager
 def handle_errors(as_json: bool = False) -> Iterator[None]:
-    """Turn EdgemedError into a clear message and its exit code (1 gate, 2 bad input)."""
+    """Turn EdgemedError into a clear message and its exit code (1 gate, 2 bad input).
+
+    With ``as_json``, anything libraries print to stdout (progress bars) goes to stderr so
+    stdout holds exactly one JSON document.
+    """
     from edgemed.errors import EdgemedError
 
+    if as_json:
+        _JSON_OUT.append(sys.stdout)
     try:
-        yield
+        with redirect_stdout(sys.stderr) if as_json else nullcontext():
+            yield
     except EdgemedError as exc:
         if as_json:
             print_json({"ok": False, "error": exc.to_dict()})
         else:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(exc.exit_code) from None
+    finally:
+        if as_json:
+            _JSON_OUT.pop()
 
 
 @contextmanager

@@ -59,6 +59,16 @@ class Pass(ABC):
     Config: ClassVar[type[PassConfig]] = PassConfig
     accepts: ClassVar[tuple[str, ...]]
     produces: ClassVar[str]
+    #: pip packages the pass needs beyond edgemed's core, and their import names
+    requires: ClassVar[tuple[str, ...]] = ()
+    modules: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def missing(cls) -> list[str]:
+        """The pip packages of ``requires`` that are not installed."""
+        import importlib.util
+
+        return [p for p, m in zip(cls.requires, cls.modules) if importlib.util.find_spec(m) is None]
 
     def __init__(self, config: PassConfig | Mapping[str, Any] | None = None) -> None:
         if isinstance(config, PassConfig):
@@ -111,6 +121,11 @@ def make_config(name: str, cls: type[PassConfig], values: Mapping[str, Any]) -> 
 _REGISTRY: dict[str, str] = {
     "export_onnx": "edgemed.passes.export_onnx:ExportOnnx",
     "quantize_onnxruntime": "edgemed.passes.quantize.onnxruntime:QuantizeOnnxRuntime",
+    "quantize_openvino": "edgemed.passes.quantize.openvino:QuantizeOpenVino",
+    "convert_openvino": "edgemed.passes.convert_openvino:ConvertOpenVino",
+    "ort_format": "edgemed.passes.ort_format:OrtFormat",
+    "fp16": "edgemed.passes.fp16:Fp16",
+    "tensorrt_recipe": "edgemed.passes.tensorrt:TensorRtRecipePass",
     "prune_unstructured": "edgemed.passes.prune_unstructured:PruneUnstructured",
     "prune_structured": "edgemed.passes.prune_structured:PruneStructured",
     "cluster_weights": "edgemed.passes.cluster:ClusterWeights",

@@ -109,7 +109,7 @@ def test_npy_npz_folder_and_iterable_sources(calib: np.ndarray, tmp_path: Path,
     assert len(to_arrays(tmp_path, IO, SPEC).x) == 6  # folder of .npy/.npz
     assert len(to_arrays(iter(calib[:3]), IO, SPEC).x) == 3
     dicom = to_arrays(synthetic_dir, IO, SPEC)
-    assert dicom.x.shape == (36, 1, 16, 16) and dicom.y is not None
+    assert dicom.x.shape == (64, 1, 16, 16) and dicom.y is not None
 
 
 @pytest.mark.parametrize(
