@@ -1,5 +1,9 @@
-"""The demo: synthetic CT DICOM -> train a small MONAI network -> CPU INT8 artifact -> evaluate
-FP32 vs INT8 on held-out patients -> predict on held-out DICOM files through the runtime.
+"""The demo: the whole product on built-in synthetic data.
+
+Synthetic CT DICOM -> patient-level split -> train a small MONAI ResNet -> ``edgemed release``
+for every target this host can build and check (cpu-x86, openvino-cpu, mobile-android): build,
+accuracy gate, seal for a demo device, open as that device in a runtime-only process, benchmark,
+register, report -> FP32 vs INT8 on held-out patients and predictions on held-out DICOM files.
 
 No network and no arguments needed; everything is written under ``out`` (default
 ``./edgemed-demo``).
@@ -7,6 +11,7 @@ No network and no arguments needed; everything is written under ``out`` (default
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +26,14 @@ DEMO_SPEC = PreprocessSpec(window=(40.0, 400.0), size=(128, 128))
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Size of the demo task (defaults finish in about a minute on 2 cores)."""
+    """Size of the demo task."""
 
     n_patients: int = 24
     slices_per_patient: int = 20
     image_size: int = 256
     epochs: int = 8
     seed: int = 0
-    target: str = "cpu-x86"
+    targets: tuple[str, ...] = ("cpu-x86", "openvino-cpu", "mobile-android")
 
 
 @dataclass
@@ -47,26 +52,69 @@ class DemoResult:
     chosen_variant: str
     why: str
     predictions: list[dict[str, Any]] = field(default_factory=list)
+    release: dict[str, Any] = field(default_factory=dict)
 
 
 def demo_model() -> Any:
-    """A small MONAI ResNet (basic blocks 2-2-2-2 (ResNet-18 layout), widths 32..256, stride-2 stem), 2 classes."""
+    """A small MONAI ResNet (basic blocks 2-2-2-2, the ResNet-18 layout, widths 32..256,
+    stride-2 stem), 1 input channel, 2 classes."""
     from monai.networks.nets import ResNet
 
     return ResNet(block="basic", layers=[2, 2, 2, 2], block_inplanes=[32, 64, 128, 256],
                   spatial_dims=2, n_input_channels=1, num_classes=2, conv1_t_stride=2)
 
 
-def patient_split(patients: list[str], seed: int, fractions: tuple[float, float] = (0.6, 0.2)
-                  ) -> dict[str, str]:
-    """Assign each patient to train / val / test (no patient in two splits)."""
-    uniq = sorted(set(patients))
-    rng = np.random.default_rng(seed)
-    rng.shuffle(uniq)
-    n_train = int(round(len(uniq) * fractions[0]))
-    n_val = int(round(len(uniq) * fractions[1]))
-    return {p: ("train" if i < n_train else "val" if i < n_train + n_val else "test")
-            for i, p in enumerate(uniq)}
+def demo_targets(wanted: tuple[str, ...]) -> list[str]:
+    """The wanted targets whose variants can be built here (packages present)."""
+    from .pipeline import _unavailable
+    from .targets import load_target
+
+    out = []
+    for name in wanted:
+        prof = load_target(name)
+        if any(not _unavailable(v) for v in prof.variants):
+            out.append(name)
+    return out
+
+
+def _write_project(root: Path, cfg: DemoConfig, targets: list[str]) -> Path:
+    size = DEMO_SPEC.size or (128, 128)
+    text = f"""# written by `edgemed demo`: the release project for the synthetic task
+[model]
+source = "edgemed.demo:demo_model"
+weights = "demo_model.pt"
+input = [1, 1, {size[0]}, {size[1]}]
+labels = ["no_lesion", "lesion"]
+
+[data]
+dicom = "dicom"
+split = [0.6, 0.2, 0.2]
+seed = {cfg.seed}
+calibration_count = 64
+
+[preprocess]
+window = [{DEMO_SPEC.window[0]}, {DEMO_SPEC.window[1]}]
+
+[release]
+family = "demo-ct-lesion"
+version = "1.0.0"
+counter = 1
+targets = {json.dumps(targets)}
+out = "release"
+
+[signing]
+publisher_key = "keys/publisher.key"
+publisher_pub = "keys/publisher.pub"
+devices = ["keys/demo-device.pub"]
+verify_device_key = "keys/demo-device.key"
+
+[bench]
+runs = 30
+processes = 1
+"""
+    path = root / "edgemed.toml"
+    path.write_text(text)
+    return path
 
 
 def run_demo(out: str | os.PathLike[str] = "edgemed-demo", config: DemoConfig = DemoConfig(),
@@ -76,68 +124,78 @@ def run_demo(out: str | os.PathLike[str] = "edgemed-demo", config: DemoConfig = 
 
     from edgemed_runtime.api import open_artifact
     from edgemed_runtime.artifact import Artifact
-    from edgemed_runtime.dicom import load_input
     from edgemed_runtime.session import softmax
 
     from .bench.timing import interleaved_latency
+    from .bundle import generate_keypair
     from .data.synthetic import make_dataset
-    from .dicom.folder import LabelledArrays
+    from .dicom import DicomDataset, build_dataset
     from .evaluate import agreement, classification_metrics
-    from .pipeline import BuildOptions, build
+    from .release import release
     from .train import TrainConfig, train_classifier
 
     say = progress or (lambda msg: None)
     root = Path(out)
     say("writing synthetic CT DICOM")
-    ds = make_dataset(root / "dicom", n_patients=config.n_patients,
-                      slices_per_patient=config.slices_per_patient, size=config.image_size,
-                      seed=config.seed)
-    split = patient_split(list(ds.patients), config.seed)
-    say("decoding and preprocessing")
-    x = np.stack([load_input(p, DEMO_SPEC) for p in ds.paths])
-    y = np.asarray(ds.labels, dtype=np.int64)
-    parts = {s: np.array([split[p] == s for p in ds.patients]) for s in ("train", "val", "test")}
+    make_dataset(root / "dicom", n_patients=config.n_patients,
+                 slices_per_patient=config.slices_per_patient, size=config.image_size,
+                 seed=config.seed)
+    say("indexing, patient-level split, decoding")
+    build_dataset(root / "dicom", root / "train-data", spec=DEMO_SPEC, fractions=(0.6, 0.2, 0.2),
+                  seed=config.seed, decode=True)
+    xs = {s: DicomDataset.from_manifest(root / "train-data", s).arrays()
+          for s in ("train", "val", "test")}
     torch.manual_seed(config.seed)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     model = demo_model()
     say(f"training for {config.epochs} epochs")
     hist = train_classifier(
-        model, x[parts["train"]], y[parts["train"]], TrainConfig(epochs=config.epochs, seed=config.seed),
-        val=(x[parts["val"]], y[parts["val"]]),
+        model, *xs["train"], TrainConfig(epochs=config.epochs, seed=config.seed), val=xs["val"],
         on_epoch=lambda e, r: say(f"epoch {e + 1}/{config.epochs}: loss {r['loss']:.3f}, "
                                   f"val acc {r.get('val_accuracy', float('nan')):.3f}"),
     )
     torch.save(model.state_dict(), root / "demo_model.pt")
-    names = ds.class_names
-    val = LabelledArrays(x[parts["val"]], y[parts["val"]], names, ())
-    say(f"building the {config.target} artifact")
-    art = build(model, torch.zeros(1, *x.shape[1:]), calibration=x[parts["train"]], validation=val,
-                target=config.target, out=root / "artifact", labels=names, preprocess=DEMO_SPEC,
-                options=BuildOptions(seed=config.seed), progress=say)
-    ref = Artifact.load(root / "artifact" / "reference")
+    for kind, name in (("publisher", "publisher"), ("device", "demo-device")):
+        if not (root / "keys" / f"{name}.key").is_file():
+            generate_keypair(root / "keys", kind=kind, name=name)
+    targets = demo_targets(config.targets)
+    project = _write_project(root, config, targets)
+    say(f"release for {', '.join(targets)}")
+    rel = release(project, progress=say)
+    first = next((t for t in rel.targets if t.status == "released"), None)
+    if first is None:
+        from .errors import GateError
+
+        raise GateError("no target was released", found="; ".join(
+            f"{t.target}: {(t.error or {}).get('message')}" for t in rel.targets))
+    art = Artifact.load(first.artifact)  # type: ignore[arg-type]
+    ref = Artifact.load(Path(first.artifact) / "reference")  # type: ignore[arg-type]
     say("evaluating FP32 and INT8 on held-out patients")
-    xt, yt = x[parts["test"]], y[parts["test"]]
+    xt, yt = xs["test"]
+    names = ("no_lesion", "lesion")
+    manifest = DicomDataset.from_manifest(root / "train-data", "test")
+    test_files = [manifest.manifest.root / manifest.manifest.records[i].path
+                  for i in manifest.indices][:4]
     with open_artifact(ref) as s32, open_artifact(art) as s8:
         l32 = s32.logits(xt)
         l8 = s8.logits(xt)
         one = xt[:1]
         lat = interleaved_latency({"fp32": lambda: s32.logits(one), "int8": lambda: s8.logits(one)},
                                   runs=50, warmup=5)
-        test_files = [p for p, part in zip(ds.paths, parts["test"]) if part][:4]
         preds = []
-        for p in test_files:
+        for p, lab in zip(test_files, yt[: len(test_files)]):
             probs = s8.predict(str(p))[0]
-            preds.append({"file": str(p.relative_to(root)), "label": names[ds.labels[ds.paths.index(p)]],
+            preds.append({"file": str(p.relative_to(root)), "label": names[int(lab)],
                           "predicted": names[int(probs.argmax())], "p_lesion": round(float(probs[1]), 4)})
-    sel = next(r for r in art.provenance if r.get("pass") == "select_variant")
     return DemoResult(
         out=root, artifact=art.path,
-        split={k: int(v.sum()) for k, v in parts.items()},
+        split={k: int(len(v[1])) for k, v in xs.items()},
         history={"loss": hist.loss, "val_accuracy": hist.val_accuracy},
         fp32=classification_metrics(softmax(l32.astype(np.float64)), yt),
         int8=classification_metrics(softmax(l8.astype(np.float64)), yt),
         agreement=agreement(l32, l8),
         size_bytes={"fp32": ref.model_path.stat().st_size, "int8": art.model_path.stat().st_size},
         latency_ms={"fp32": lat["fp32"].p50, "int8": lat["int8"].p50},
-        chosen_variant=str(sel["chosen"]), why=str(sel["why"]), predictions=preds,
+        chosen_variant=str(first.chosen), why=str(first.why), predictions=preds,
+        release=rel.to_dict(),
     )

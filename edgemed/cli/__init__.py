@@ -22,7 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-MODULES = ("build", "predict", "inspect", "demo")
+MODULES = ("build", "predict", "inspect", "demo", "release")
 
 
 def _register_all() -> None:

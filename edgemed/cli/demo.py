@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     ) -> None:
-        """Synthetic CT DICOM -> train a MONAI ResNet -> CPU INT8 artifact -> FP32 vs INT8."""
+        """Synthetic CT DICOM -> train a MONAI ResNet -> release bundles per target -> FP32 vs INT8."""
         from dataclasses import asdict
 
         from edgemed.demo import DemoConfig, run_demo
@@ -51,5 +51,15 @@ def register(app: typer.Typer) -> None:
             for row in r.predictions:
                 p.add_row(row["file"], row["label"], row["predicted"], f"{row['p_lesion']:.3f}")
             console.print(p)
-            console.print(f"artifact: {r.artifact}   try: edgemed predict {r.artifact} "
-                          f"{r.out / 'dicom'} ")
+            rt = Table(title=f"release: one bundle per target ({r.release['seconds']:.0f} s)")
+            for col in ("target", "status", "chosen", "size (MB)", "device check", "bundle"):
+                rt.add_column(col)
+            for o in r.release["targets"]:
+                rt.add_row(o["target"], o["status"], str(o["chosen"]),
+                           f"{(o['size_bytes'] or 0) / 1e6:.2f}",
+                           "ok" if (o.get("device_check") or {}).get("ok") else "–",
+                           str(o["bundle"]) if o["bundle"] else str((o.get("error") or {}).get("message")))
+            console.print(rt)
+            console.print(f"report: {r.release['report']}")
+            console.print(f"try: edgemed predict {r.artifact} {r.out / 'dicom'}   |   "
+                          f"edgemed release {r.out / 'edgemed.toml'} (re-run: unchanged steps skip)")

@@ -1,0 +1,53 @@
+"""``edgemed release edgemed.toml``: DICOM folder -> verified, benchmarked bundles per target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from .common import console, handle_errors, print_json, progress_callback
+
+
+def render_release(r: object) -> None:
+    """Print a release result as a rich table."""
+    t = Table(title=f"release in {r.seconds:.1f} s ({r.skipped_steps} unchanged steps skipped)")  # type: ignore[attr-defined]
+    for col in ("target", "status", "chosen", "acc FP32/INT8", "size", "p50 ms", "device check"):
+        t.add_column(col)
+    for o in r.targets:  # type: ignore[attr-defined]
+        g = o.gate or {}
+        acc = (f"{g['reference']['accuracy']:.3f}/{g['candidate']['accuracy']:.3f}"
+               if g.get("reference") else "–")
+        lat = o.latency if isinstance(o.latency, str) else ", ".join(
+            f"{c['p50_ms']:.2f}" for c in (o.latency or {}).get("candidates", {}).values()
+            if c.get("p50_ms") is not None) or "–"
+        colour = "green" if o.status == "released" else "red"
+        t.add_row(o.target, f"[{colour}]{o.status}[/]", o.chosen or "–", acc,
+                  f"{(o.size_bytes or 0) / 1e6:.2f} MB", lat,
+                  "ok" if (o.device_check or {}).get("ok") else "–")
+    console.print(t)
+    for o in r.targets:  # type: ignore[attr-defined]
+        if o.error:
+            console.print(f"[red]{o.target}:[/] {o.error.get('message')}: {o.error.get('found')}")
+    console.print(f"report: {r.report}")  # type: ignore[attr-defined]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def release(
+        project: Path = typer.Argument(Path("edgemed.toml"), help="the release project file"),
+        force: bool = typer.Option(False, "--force", help="redo every step"),
+        as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    ) -> None:
+        """Build, gate, seal, verify as a device, benchmark and register every target."""
+        from edgemed.release import release as run_release
+
+        with handle_errors(as_json):
+            with progress_callback("release", quiet=as_json) as say:
+                r = run_release(project, progress=say, force=force)
+            if as_json:
+                print_json(r.to_dict())
+            else:
+                render_release(r)
+        raise typer.Exit(r.exit_code)

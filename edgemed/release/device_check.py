@@ -1,0 +1,61 @@
+"""Open a bundle as a device would: a fresh process, the device key, the runtime only (torch,
+onnx and nncf made unimportable), a fresh rollback state; run it on one DICOM file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from ..errors import BundleError
+
+BLOCKED = ("torch", "onnx", "nncf", "onnxscript", "monai", "torch_pruning", "edgemed")
+
+_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+    BLOCKED = {blocked!r}
+
+    class _Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(name + " is not available on the device")
+            return None
+
+    sys.meta_path.insert(0, _Block())
+    import edgemed_runtime as rt
+    try:
+        with rt.open({bundle!r}, trust={trust!r}, device_key={key!r}, state_dir={state!r}) as s:
+            probs = s.predict({dicom!r})[0].tolist()
+            out = {{"ok": True, "backend": s.backend, "probabilities": probs,
+                   "labels": list(s.labels)}}
+    except rt.EdgemedError as exc:
+        out = {{"ok": False, "error": exc.to_dict()}}
+    out["leaked_modules"] = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    print(json.dumps(out))
+    """
+)
+
+
+def verify_as_device(bundle: Path, trust: Path, device_key: Path, dicom: Path,
+                     timeout: float = 300.0) -> dict[str, Any]:
+    """Run the check; return ``{"ok", "backend", "probabilities", ...}`` or raise BundleError."""
+    with tempfile.TemporaryDirectory(prefix="edgemed-device-state-") as state:
+        code = _SCRIPT.format(blocked=BLOCKED, bundle=str(bundle), trust=str(trust),
+                              key=str(device_key), state=state, dicom=str(dicom))
+        try:
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise BundleError("the device check timed out", found=f"{timeout:.0f} s",
+                              code="device-check-timeout") from None
+    lines = r.stdout.strip().splitlines()
+    if r.returncode != 0 or not lines:
+        raise BundleError("the device check crashed", found=(r.stderr or r.stdout)[-600:],
+                          fix="run `edgemed-run` on the bundle to see the failure",
+                          code="device-check-crashed")
+    return json.loads(lines[-1])

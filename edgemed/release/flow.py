@@ -1,0 +1,326 @@
+"""``release()``: DICOM folder + model -> for each target: build, gate, seal, verify as a device,
+benchmark, register -> one HTML report. Resumable (content-hashed steps), honest (a failed gate
+produces no bundle and a non-zero exit), reproducible (same inputs, same manifests but for
+timestamps and signatures)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgemed_runtime.preprocess import PreprocessSpec
+
+from ..errors import EdgemedError, InvalidInputError
+from .config import ReleaseConfig, load_release_config
+from .state import StepState, content_key, tree_key
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class TargetOutcome:
+    """What happened for one target (``status``: released, gate-failed or failed)."""
+
+    target: str
+    status: str = "pending"
+    steps: dict[str, str] = field(default_factory=dict)
+    artifact: str | None = None
+    bundle: str | None = None
+    chosen: str | None = None
+    why: str | None = None
+    gate: dict[str, Any] | None = None
+    size_bytes: int | None = None
+    size_ratio: float | None = None
+    device_check: dict[str, Any] | None = None
+    latency: dict[str, Any] | str | None = None
+    registry: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class ReleaseResult:
+    """The whole release: per-target outcomes, the dataset summary and the report."""
+
+    out: Path
+    dataset: dict[str, Any]
+    targets: list[TargetOutcome]
+    report: Path | None
+    seconds: float
+    skipped_steps: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(t.status == "released" for t in self.targets)
+
+    @property
+    def exit_code(self) -> int:
+        """0 all released; 1 a gate failed; 2 another failure."""
+        if self.ok:
+            return 0
+        return 1 if all(t.status in ("released", "gate-failed") for t in self.targets) else 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "out": str(self.out), "dataset": self.dataset,
+                "targets": [asdict(t) for t in self.targets], "report": str(self.report),
+                "seconds": round(self.seconds, 2), "skipped_steps": self.skipped_steps}
+
+
+def _spec(cfg: ReleaseConfig) -> PreprocessSpec:
+    p = cfg.preprocess
+    if p.model_card:
+        card_path = cfg.path(p.model_card)
+        try:
+            card = json.loads(Path(card_path).read_text())  # type: ignore[arg-type]
+            return PreprocessSpec.from_dict(card["preprocess"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise InvalidInputError("cannot read the PreprocessSpec from the model card",
+                                    expected='a JSON file with a "preprocess" object',
+                                    found=f"{card_path}: {type(exc).__name__}", code="bad-config") from None
+    shape = cfg.model.input
+    return PreprocessSpec(window=p.window, size=p.size or (shape[-2], shape[-1]), mean=p.mean,
+                          std=p.std, channels=p.channels or (shape[1] if shape[1] in (1, 3) else 1))
+
+
+def _dataset_step(cfg: ReleaseConfig, spec: PreprocessSpec, out: Path, state: StepState,
+                  say: Say, outcome_steps: dict[str, str]) -> tuple[str, Any]:
+    from ..dicom import build_dataset, load_manifest
+
+    root = cfg.path(cfg.data.dicom)
+    if root is None or not root.is_dir():
+        raise InvalidInputError("DICOM folder not found", found=str(root), code="not-found")
+    labels_csv = cfg.path(cfg.data.labels_csv)
+    files = [p for p in root.rglob("*") if p.is_file()]
+    key = content_key("dataset", tree_key(files), cfg.data.model_dump(mode="json"), spec.to_dict())
+    ds_dir = out / "dataset"
+    if state.done("dataset", key, [ds_dir / "dataset.json"]) is not None:
+        outcome_steps["dataset"] = "skipped (unchanged)"
+        say("dataset: unchanged, skipped")
+        return key, load_manifest(ds_dir)
+    say("dataset: indexing, patient-level split, calibration sample")
+    manifest = build_dataset(root, ds_dir, spec=spec, labels_csv=labels_csv,
+                             fractions=cfg.data.split, seed=cfg.data.seed,
+                             calib_count=cfg.data.calibration_count, decode=True)
+    state.record("dataset", key, {"report": manifest.report})
+    outcome_steps["dataset"] = "ran"
+    return key, manifest
+
+
+def _arrays(out: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    from ..dicom import DicomDataset
+
+    return DicomDataset.from_manifest(out / "dataset", split).arrays()
+
+
+def release(config: ReleaseConfig | str | os.PathLike[str], *, progress: Say | None = None,
+            force: bool = False) -> ReleaseResult:
+    """Run the release flow described by ``config`` (a ReleaseConfig or an edgemed.toml path).
+
+    Raises only for problems that stop every target (bad config, missing data or keys);
+    a target's own failure is recorded in its outcome and the other targets go on.
+    """
+    from ..dicom import LabelledArrays
+    from ..model import load_model
+
+    cfg = config if isinstance(config, ReleaseConfig) else load_release_config(config)
+    say = progress or (lambda msg: None)
+    t0 = time.perf_counter()
+    out = cfg.path(cfg.release.out) or Path("release")
+    out.mkdir(parents=True, exist_ok=True)
+    state = StepState(out / ".release-state.json")
+    if force:
+        state.data.clear()
+    for p in (cfg.signing.publisher_key, cfg.signing.publisher_pub, *cfg.signing.devices):
+        q = cfg.path(p.split("=", 1)[-1] if "=" in p and not Path(p).exists() else p)
+        if q is None or not q.is_file():
+            raise InvalidInputError("key file not found", found=str(q), code="not-found",
+                                    fix="edgemed keys generate --kind publisher|device")
+    spec = _spec(cfg)
+    ds_steps: dict[str, str] = {}
+    data_key, manifest = _dataset_step(cfg, spec, out, state, say, ds_steps)
+    calib_x, _ = _arrays(out, "calibration")
+    val_x, val_y = _arrays(out, "val")
+    labels = cfg.model.labels or tuple(manifest.class_names)
+    src = load_model(cfg.model.source if not (cfg.path(cfg.model.source) or Path()).exists()
+                     else str(cfg.path(cfg.model.source)),
+                     weights=cfg.path(cfg.model.weights))
+    test_files = [manifest.root / manifest.records[i].path for i in manifest.indices("test")]
+    if not test_files:
+        test_files = [manifest.root / manifest.records[0].path]
+    validation = LabelledArrays(val_x, val_y, tuple(manifest.class_names), ())
+    outcomes = []
+    skipped = sum(1 for v in ds_steps.values() if v.startswith("skipped"))
+    for target in cfg.release.targets:
+        o = TargetOutcome(target)
+        ts = time.perf_counter()
+        try:
+            _release_target(cfg, target, o, state, out, src, data_key, spec, labels, calib_x,
+                            validation, test_files[0], say)
+        except EdgemedError as exc:
+            o.status = "gate-failed" if type(exc).__name__ == "GateError" else "failed"
+            o.error = exc.to_dict()
+            say(f"{target}: {o.status}: {exc.message}")
+        o.seconds = round(time.perf_counter() - ts, 2)
+        skipped += sum(1 for v in o.steps.values() if v.startswith("skipped"))
+        outcomes.append(o)
+    result = ReleaseResult(out, {"root": str(manifest.root), **manifest.report}, outcomes, None,
+                           time.perf_counter() - t0, skipped)
+    from .report import write_release_report
+
+    result.report = write_release_report(result, cfg)
+    result.seconds = time.perf_counter() - t0
+    (out / "release.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    return result
+
+
+def _release_target(cfg: ReleaseConfig, target: str, o: TargetOutcome, state: StepState, out: Path,
+                    src: Any, data_key: str, spec: PreprocessSpec, labels: tuple[str, ...],
+                    calib_x: np.ndarray, validation: Any, dicom_file: Path, say: Say) -> None:
+    from edgemed_runtime.artifact import Artifact
+
+    from ..bundle import Recipient, Registry, SealOptions, seal
+    from ..pipeline import BuildOptions, build
+    from ..targets import host_matches, load_target
+    from .device_check import verify_as_device
+
+    profile = load_target(target)
+    gate = profile.gate.model_copy(update={k: v for k, v in cfg.gate.model_dump().items()
+                                           if v is not None})
+    tdir = out / "targets" / target
+    art_dir = tdir / "artifact"
+    build_key = content_key("build", src.sha256, data_key, profile.sha256, gate.model_dump(),
+                            list(labels), spec.to_dict(), list(cfg.model.input))
+    if state.done(f"{target}/build", build_key, [art_dir / "artifact.json"]) is not None:
+        o.steps["build"] = "skipped (unchanged)"
+        say(f"{target}: build unchanged, skipped")
+        art = Artifact.load(art_dir)
+    else:
+        state.forget(f"{target}/build")
+        art = build(src.module if src.kind == "torch" else src.onnx_path, input_shape=cfg.model.input,
+                    calibration=calib_x, validation=validation, target=profile, out=art_dir,
+                    labels=labels, preprocess=spec, gate=gate,
+                    options=BuildOptions(seed=cfg.data.seed),
+                    progress=lambda m: say(f"{target}: {m}"))
+        state.record(f"{target}/build", build_key, {"artifact": str(art_dir)})
+        o.steps["build"] = "ran"
+    sel = next((r for r in art.provenance if r.get("pass") == "select_variant"), {})
+    o.artifact, o.chosen, o.why = str(art_dir), sel.get("chosen"), sel.get("why")
+    o.gate = art.metrics.get("gate")
+    o.size_bytes, o.size_ratio = art.metrics.get("size_bytes"), art.metrics.get("size_ratio")
+
+    pub = cfg.path(cfg.signing.publisher_pub)
+    devices = [Recipient.load(str(cfg.path(d))) for d in cfg.signing.devices]
+    bundle_dir = out / "bundles" / f"{cfg.release.family}-{target}-{cfg.release.version}"
+    family = f"{cfg.release.family}-{target}"
+    seal_key = content_key("seal", build_key, tree_key((art_dir).rglob("*")),
+                           cfg.release.model_dump(mode="json"), [d.fingerprint for d in devices],
+                           Path(pub).read_bytes().decode())  # type: ignore[arg-type]
+    if state.done(f"{target}/seal", seal_key, [bundle_dir / "bundle.json"]) is not None:
+        o.steps["seal"] = "skipped (unchanged)"
+    else:
+        say(f"{target}: sealing for {len(devices)} device(s)")
+        password = os.environ.get(cfg.signing.passphrase_env) if cfg.signing.passphrase_env else None
+        seal(art_dir, bundle_dir, publisher_key=cfg.path(cfg.signing.publisher_key),
+             publisher_key_password=password, recipients=devices, overwrite=True,
+             options=SealOptions(family=family, release=cfg.release.counter,
+                                 version=cfg.release.version, hardware_ids=cfg.release.hardware_ids,
+                                 expires=datetime.now(timezone.utc)
+                                 + timedelta(days=cfg.release.expiry_days)))
+        state.record(f"{target}/seal", seal_key, {"bundle": str(bundle_dir)})
+        o.steps["seal"] = "ran"
+    o.bundle = str(bundle_dir)
+
+    check_key = content_key("device-check", seal_key, tree_key(bundle_dir.rglob("*")))
+    cached = state.done(f"{target}/device-check", check_key)
+    if cached is not None:
+        o.device_check, o.steps["device-check"] = cached, "skipped (unchanged)"
+    else:
+        o.device_check = _device_check(cfg, bundle_dir, art, dicom_file, say, target,
+                                       verify_as_device)
+        state.record(f"{target}/device-check", check_key, o.device_check)
+        o.steps["device-check"] = "ran"
+    if not o.device_check.get("ok"):
+        raise_from = o.device_check.get("error") or {}
+        from ..errors import BundleError
+
+        raise BundleError(f"{target}: the bundle does not open as a device would",
+                          found=str(raise_from.get("message") or o.device_check)[:400],
+                          code="device-check-failed")
+
+    match, why = host_matches(profile)
+    if not cfg.bench.enabled or not match:
+        o.latency = f"unmeasured: {why if not match else 'benchmarks disabled'}"
+        o.steps["bench"] = "not run"
+    else:
+        bench_key = content_key("bench", check_key, cfg.bench.model_dump())
+        cached = state.done(f"{target}/bench", bench_key, [tdir / "bench.json"])
+        if cached is not None:
+            o.latency, o.steps["bench"] = cached, "skipped (unchanged)"
+        else:
+            o.latency = _bench(cfg, bundle_dir, art_dir, dicom_file, tdir, say, target)
+            state.record(f"{target}/bench", bench_key, o.latency)
+            o.steps["bench"] = "ran"
+
+    reg = Registry(out / "registry.sqlite")
+    try:
+        entry = reg.add(bundle_dir, trust=pub)
+        o.registry = {"bundle_id": entry.bundle_id, "family": entry.family, "release": entry.release}
+    except EdgemedError as exc:
+        if exc.code != "release-exists":
+            raise
+        o.registry = {"note": exc.message}
+    o.steps["register"] = "ran"
+    o.status = "released"
+
+
+def _device_check(cfg: ReleaseConfig, bundle_dir: Path, art: Any, dicom_file: Path, say: Say,
+                  target: str, verify_as_device: Any) -> dict[str, Any]:
+    from edgemed_runtime.api import open_artifact
+    from edgemed_runtime.bundle import verify_bundle
+
+    pub = cfg.path(cfg.signing.publisher_pub)
+    key = cfg.path(cfg.signing.verify_device_key)
+    if key is None:
+        say(f"{target}: verifying the signature (no device key given: not decrypted)")
+        verify_bundle(bundle_dir, trust=pub, require_hardware=False)
+        return {"ok": True, "mode": "signature and manifest only (no verify_device_key)"}
+    say(f"{target}: opening the bundle as a device (fresh process, runtime only)")
+    res = verify_as_device(bundle_dir, pub, key, dicom_file)  # type: ignore[arg-type]
+    if res.get("ok"):
+        with open_artifact(art) as sess:
+            ref = sess.predict(str(dicom_file))[0]
+        res["max_abs_diff_vs_build"] = float(np.max(np.abs(np.asarray(res["probabilities"]) - ref)))
+        res["ok"] = res["max_abs_diff_vs_build"] <= 1e-4 and not res["leaked_modules"]
+        res["mode"] = "decrypted and ran in a runtime-only process"
+    return res
+
+
+def _bench(cfg: ReleaseConfig, bundle_dir: Path, art_dir: Path, dicom_file: Path, tdir: Path,
+           say: Say, target: str) -> dict[str, Any]:
+    from ..bench.api import bench
+    from ..bench.runner import BenchConfig
+
+    say(f"{target}: benchmarking the bundle on this host")
+    ref = art_dir / "reference" / "model.onnx"
+    res = bench(bundle_dir, trust=cfg.path(cfg.signing.publisher_pub),
+                device_key=cfg.path(cfg.signing.verify_device_key) if cfg.signing.verify_device_key else None,
+                reference=ref if ref.is_file() else None, dicom=dicom_file, target=target,
+                config=BenchConfig(runs=cfg.bench.runs, warmup=5, processes=cfg.bench.processes,
+                                   cold_processes=1),
+                ceilings=False, progress=lambda m: say(f"{target}: {m}"))
+    res.save(tdir / "bench.json")
+    cands = res.data.get("candidates", {})
+    summary: dict[str, Any] = {}
+    for name, c in cands.items():
+        lat = c.get("latency_ms") or {}
+        summary[name] = {k: c.get(k) for k in ("ratio", "cold_start_ms", "end_to_end_ms")
+                         if c.get(k) is not None}
+        summary[name]["p50_ms"] = lat.get("p50")
+    return {"candidates": summary, "budget": res.data.get("budget")}
