@@ -1,0 +1,121 @@
+"""edgemed release: per-target bundles that verify and run as a device, resumable, honest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edgemed.cli import app
+from edgemed.errors import InvalidInputError
+from edgemed.release import load_release_config, release
+
+PROJECT = """
+[model]
+source = "tiny_models:make_net"
+weights = "tiny.pt"
+input = [1, 1, 16, 16]
+labels = ["no_lesion", "lesion"]
+
+[data]
+dicom = "{dicom}"
+split = [0.5, 0.25, 0.25]
+
+[preprocess]
+window = [40, 400]
+
+[release]
+family = "test-ct"
+version = "0.1.0"
+counter = 1
+targets = ["cpu-x86"]
+out = "rel"
+
+[gate]
+max_accuracy_drop = 0.05
+max_auc_drop = 0.05
+
+[signing]
+publisher_key = "keys/publisher.key"
+publisher_pub = "keys/publisher.pub"
+devices = ["keys/dev1.pub"]
+verify_device_key = "keys/dev1.key"
+
+[bench]
+enabled = false
+"""
+
+
+@pytest.fixture()
+def project(tmp_path: Path, synthetic_dir: Path, trained_tiny) -> Path:  # type: ignore[no-untyped-def]
+    from edgemed.bundle import generate_keypair
+
+    generate_keypair(tmp_path / "keys", kind="publisher", name="publisher")
+    generate_keypair(tmp_path / "keys", kind="device", name="dev1")
+    torch.save(trained_tiny.state_dict(), tmp_path / "tiny.pt")
+    p = tmp_path / "edgemed.toml"
+    p.write_text(PROJECT.format(dicom=synthetic_dir))
+    return p
+
+
+def test_release_then_rerun_skips_everything(project: Path) -> None:
+    r = release(project)
+    assert r.ok and r.exit_code == 0, [t.error for t in r.targets]
+    t = r.targets[0]
+    assert t.status == "released" and t.steps["build"] == "ran" and t.steps["seal"] == "ran"
+    dc = t.device_check
+    assert dc["ok"] and dc["leaked_modules"] == [] and dc["max_abs_diff_vs_build"] <= 1e-4
+    assert "runtime-only" in dc["mode"]
+    assert t.latency.startswith("unmeasured")
+    bundle = Path(t.bundle)
+    assert (bundle / "bundle.json").is_file() and (bundle / "model.sig").is_file()
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["family"] == "test-ct-cpu-x86" and manifest["release"] == 1
+    assert r.report is not None and "test-ct" in r.report.read_text()
+    assert r.dataset["leak_check"]["ok"] is True
+    again = release(project)
+    assert again.ok and all(v.startswith("skipped") for k, v in again.targets[0].steps.items()
+                            if k not in ("register", "bench"))
+    assert again.skipped_steps >= 4
+    # reproducible: manifests differ only in timestamps and signatures-related fields
+    forced = release(project, force=True)
+    m2 = json.loads((Path(forced.targets[0].bundle) / "bundle.json").read_text())
+    volatile = {"bundle_id", "created", "expires", "encryption", "payloads"}
+    assert {k: v for k, v in manifest.items() if k not in volatile and k != "provenance"} == \
+        {k: v for k, v in m2.items() if k not in volatile and k != "provenance"}
+
+
+def test_gate_failure_is_honest(project: Path) -> None:
+    text = project.read_text().replace("max_accuracy_drop = 0.05", "max_accuracy_drop = 0.0")
+    text = text.replace("max_auc_drop = 0.05", "max_auc_drop = 0.0")
+    text = text.replace('source = "tiny_models:make_net"\nweights = "tiny.pt"',
+                        'source = "tiny_models:Fragile"')
+    project.write_text(text)
+    r = release(project)
+    t = r.targets[0]
+    assert t.status == "gate-failed" and r.exit_code == 1 and t.bundle is None
+    assert not (project.parent / "rel" / "bundles").exists()
+    runner = CliRunner()
+    res = runner.invoke(app, ["release", str(project), "--json"])
+    assert res.exit_code == 1
+    assert json.loads(res.stdout)["targets"][0]["status"] == "gate-failed"
+
+
+def test_config_errors_point_at_the_line(project: Path) -> None:
+    text = project.read_text().replace('version = "0.1.0"', 'version = "0.1.0"\nturbo = true')
+    project.write_text(text)
+    with pytest.raises(InvalidInputError) as ei:
+        load_release_config(project)
+    line = text.splitlines().index("turbo = true") + 1
+    assert f"edgemed.toml:{line}" in ei.value.found and "turbo" in ei.value.found
+
+
+def test_missing_key_file(project: Path) -> None:
+    shutil.rmtree(project.parent / "keys")
+    with pytest.raises(InvalidInputError) as ei:
+        release(project)
+    assert ei.value.code == "not-found" and "publisher" in ei.value.found
