@@ -94,8 +94,10 @@ def add_device(
         files = read_bundle(p).all_files()
         files[rel] = data
         atomic_write_bytes(p, pack_archive(files))
+        os.chmod(p, 0o644)
     else:
         atomic_write_bytes(p / rel, data)
+        os.chmod(p / rel, 0o644)
     return rel
 
 
@@ -107,6 +109,7 @@ def write_bundle_dir(out: Path, files: dict[str, bytes], *, overwrite: bool) -> 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        os.chmod(tmp, 0o755)
         for rel, data in sorted(files.items()):
             dest = tmp / rel
             dest.parent.mkdir(parents=True, exist_ok=True)

@@ -51,6 +51,9 @@ class SealOptions:
         hardware_ids: device hardware ids allowed (empty: any).
         min_runtime_version: oldest edgemed_runtime that may open it.
         chunk_size: plaintext bytes per AES-GCM chunk.
+        split_weights: store an ONNX model as a small graph plus a ``weights`` payload that
+            onnxruntime reads in place (faster, less memory on devices). None (auto): when
+            the backend is onnxruntime, the format onnx/onnx-qdq and the model >= 1 MiB.
     """
 
     family: str
@@ -60,6 +63,7 @@ class SealOptions:
     hardware_ids: tuple[str, ...] = ()
     min_runtime_version: str | None = None
     chunk_size: int = DEFAULT_CHUNK
+    split_weights: bool | None = None
 
     def __post_init__(self) -> None:
         check_family(self.family)
@@ -69,6 +73,17 @@ class SealOptions:
         if not MIN_CHUNK <= self.chunk_size <= MAX_CHUNK:
             raise InvalidInputError("chunk size out of range", expected=f"{MIN_CHUNK}..{MAX_CHUNK}",
                                     found=str(self.chunk_size), code="bad-chunk-size")
+
+
+def _should_split(art: Artifact, opts: SealOptions, size: int) -> bool:
+    eligible = art.backend == "onnxruntime" and art.format in ("onnx", "onnx-qdq") \
+        and not art.extra_files
+    if opts.split_weights is None:
+        return eligible and size >= 1 << 20
+    if opts.split_weights and not eligible:
+        raise InvalidInputError("split weights need a single-file ONNX model for onnxruntime",
+                                found=f"{art.format} / {art.backend}", code="bad-split")
+    return opts.split_weights
 
 
 def build_manifest(art: Artifact, opts: SealOptions, *, bundle_id: str, created: datetime,
@@ -150,6 +165,13 @@ def seal(
     data_key = new_data_key()
     files: dict[str, bytes] = {}
     entries = []
+
+    def add(name: str, role: str, plain: bytes) -> None:
+        entry = PayloadEntry(path=f"{PAYLOAD_DIR}/{name}.enc", name=name, role=role,
+                             plaintext_length=len(plain), chunk_size=options.chunk_size)
+        files[entry.path] = encrypt_stream(data_key, bid, entry, options.release, plain)
+        entries.append(entry)
+
     for i, name in enumerate([art.model_file, *art.extra_files]):
         src = Path(art.path) / name
         base = check_relpath(Path(name).name, what="artifact file name")
@@ -158,11 +180,14 @@ def seal(
         except OSError as exc:
             raise InvalidInputError("artifact file is missing", found=f"{src}: {exc.strerror}",
                                     fix="rebuild the artifact", code="not-found") from None
-        entry = PayloadEntry(path=f"{PAYLOAD_DIR}/{base}.enc", name=base,
-                             role="model" if i == 0 else "extra",
-                             plaintext_length=len(plain), chunk_size=options.chunk_size)
-        files[entry.path] = encrypt_stream(data_key, bid, entry, options.release, plain)
-        entries.append(entry)
+        if i == 0 and _should_split(art, options, len(plain)):
+            from .split import split_onnx
+
+            graph, weights = split_onnx(plain, weights_name=f"{base}.weights")
+            add(base, "model", graph)
+            add(f"{base}.weights", "weights", weights)
+        else:
+            add(base, "model" if i == 0 else "extra", plain)
     manifest = build_manifest(art, options, bundle_id=bundle_id, created=created,
                               commitment=key_commitment(data_key, bid), payloads=entries)
     files[MANIFEST_FILE] = canonical_json(manifest)
@@ -178,6 +203,7 @@ def seal(
             raise InvalidInputError("output already exists", found=str(out_p),
                                     fix="pick another --out or pass --overwrite", code="exists")
         atomic_write_bytes(out_p, pack_archive(files))
+        os.chmod(out_p, 0o644)
     else:
         write_bundle_dir(out_p, files, overwrite=overwrite)
     return out_p

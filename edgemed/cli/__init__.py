@@ -22,7 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-MODULES = ("build", "predict", "inspect", "demo", "release")
+MODULES = ("build", "predict", "inspect", "demo", "release", "bundle")
 
 
 def _register_all() -> None:

@@ -72,7 +72,8 @@ def open(  # noqa: A001 - mirrors builtins.open on purpose: edgemed.runtime.open
         )
     if p.is_dir() and (p / ARTIFACT_FILE).is_file():
         return open_artifact(Artifact.load(p), backend=backend, options=options)
-    if (p.is_dir() and (p / "bundle.json").is_file()) or p.suffix == ".edgemed":
+    if (p.is_dir() and ((p / "bundle.json").is_file() or (p / "model.sig").is_file())) \
+            or p.suffix == ".edgemed":
         from .bundle import open_bundle
 
         return open_bundle(p, backend=backend, options=options, **bundle_args)
