@@ -164,10 +164,12 @@ def run_demo(out: str | os.PathLike[str] = "edgemed-demo", config: DemoConfig = 
     rel = release(project, progress=say)
     first = next((t for t in rel.targets if t.status == "released"), None)
     if first is None:
-        from .errors import GateError
+        from .errors import EdgemedError, GateError
 
-        raise GateError("no target was released", found="; ".join(
-            f"{t.target}: {(t.error or {}).get('message')}" for t in rel.targets))
+        cls = GateError if rel.exit_code == 1 else EdgemedError
+        raise cls("no target was released", found="; ".join(
+            f"{t.target}: {t.status}: {(t.error or {}).get('message')}" for t in rel.targets),
+            fix=f"see {rel.report}")
     art = Artifact.load(first.artifact)  # type: ignore[arg-type]
     ref = Artifact.load(Path(first.artifact) / "reference")  # type: ignore[arg-type]
     say("evaluating FP32 and INT8 on held-out patients")

@@ -17,6 +17,8 @@ def register(app: typer.Typer) -> None:
         epochs: int = typer.Option(8, "--epochs", min=1, help="training epochs"),
         patients: int = typer.Option(24, "--patients", min=5, help="synthetic patients"),
         seed: int = typer.Option(0, "--seed"),
+        targets: str = typer.Option("cpu-x86,openvino-cpu,mobile-android", "--targets",
+                                    help="comma-separated targets to release (those buildable here run)"),
         as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     ) -> None:
         """Synthetic CT DICOM -> train a MONAI ResNet -> release bundles per target -> FP32 vs INT8."""
@@ -25,7 +27,8 @@ def register(app: typer.Typer) -> None:
         from edgemed.demo import DemoConfig, run_demo
 
         with handle_errors(as_json):
-            cfg = DemoConfig(epochs=epochs, n_patients=patients, seed=seed)
+            cfg = DemoConfig(epochs=epochs, n_patients=patients, seed=seed,
+                             targets=tuple(t.strip() for t in targets.split(",") if t.strip()))
             with progress_callback("demo", quiet=as_json) as say:
                 r = run_demo(out, cfg, progress=say)
             if as_json:

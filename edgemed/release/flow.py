@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -307,14 +308,20 @@ def _bench(cfg: ReleaseConfig, bundle_dir: Path, art_dir: Path, dicom_file: Path
     from ..bench.api import bench
     from ..bench.runner import BenchConfig
 
+    import tempfile
+
     say(f"{target}: benchmarking the bundle on this host")
     ref = art_dir / "reference" / "model.onnx"
-    res = bench(bundle_dir, trust=cfg.path(cfg.signing.publisher_pub),
+    # the benchmark opens the bundle as the device would, with a throwaway rollback state:
+    # measuring must never mark a release as accepted on this machine
+    state = tempfile.mkdtemp(prefix="edgemed-bench-state-")
+    res = bench(bundle_dir, bundle_args={"state_dir": state}, trust=cfg.path(cfg.signing.publisher_pub),
                 device_key=cfg.path(cfg.signing.verify_device_key) if cfg.signing.verify_device_key else None,
                 reference=ref if ref.is_file() else None, dicom=dicom_file, target=target,
                 config=BenchConfig(runs=cfg.bench.runs, warmup=5, processes=cfg.bench.processes,
                                    cold_processes=1),
                 ceilings=False, progress=lambda m: say(f"{target}: {m}"))
+    shutil.rmtree(state, ignore_errors=True)
     res.save(tdir / "bench.json")
     cands = res.data.get("candidates", {})
     summary: dict[str, Any] = {}

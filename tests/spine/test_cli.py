@@ -115,11 +115,13 @@ def tmp_artifact_dir(tiny_artifact) -> Path:  # type: ignore[no-untyped-def]
 
 
 def test_demo_small(tmp_path: Path) -> None:
-    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--epochs", "1", "--patients", "5",
-                            "--json"])
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--epochs", "3", "--patients", "8",
+                            "--targets", "cpu-x86", "--json"])
     assert r.exit_code == 0, r.output
     d = _json(r)
     assert d["split"]["train"] > 0 and d["split"]["test"] > 0
     assert d["size_bytes"]["int8"] < 0.3 * d["size_bytes"]["fp32"]
     assert len(d["predictions"]) == 4 and d["chosen_variant"]
-    assert (tmp_path / "d" / "artifact" / "artifact.json").is_file()
+    assert (tmp_path / "d" / "release" / "targets" / "cpu-x86" / "artifact" / "artifact.json").is_file()
+    rel = d["release"]["targets"][0]
+    assert rel["status"] == "released" and rel["device_check"]["ok"]
