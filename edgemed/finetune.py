@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -53,6 +54,7 @@ class FinetuneConfig(PassConfig):
     metric: Literal["accuracy", "auc", "loss"] = "accuracy"
     augment: bool = True
     keep_sparsity: bool = True
+    restore_best: bool = Field(True, description="end with the best validation epoch's weights")
     head: tuple[str, ...] = ()
     seed: int = 0
 
@@ -224,8 +226,10 @@ def finetune(
             params = [p for p in model.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, n_in_phase))
-            for _ in range(epoch):  # resuming mid-phase: put the schedule where it was
-                sched.step()
+            with warnings.catch_warnings():  # resuming mid-phase: put the schedule where it was
+                warnings.simplefilter("ignore")
+                for _ in range(epoch):
+                    sched.step()
             if state is not None and state.get("phase") == phase and state.get("optimizer"):
                 opt.load_state_dict(state["optimizer"])
             current_phase = phase
@@ -262,7 +266,7 @@ def finetune(
                 with torch.no_grad():
                     for name, mask in masks.items():
                         layers[name].weight.mul_(mask)
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
         sched.step()  # type: ignore[union-attr]
         metric = evaluate(model, vx, vy, cfg.metric)
         row = {"step": step, "phase": phase, "epoch": epoch, "lr": lr,
@@ -287,6 +291,7 @@ def finetune(
             break
     for p in model.parameters():
         p.requires_grad_(True)
-    model.load_state_dict(best_state)
+    if cfg.restore_best:
+        model.load_state_dict(best_state)
     model.eval()
     return result

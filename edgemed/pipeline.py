@@ -55,8 +55,8 @@ class BuildOptions:
 def _io_spec(src: ModelSource, example_input: Any, input_shape: Any, labels: Any) -> IOSpec:
     shape: tuple[int, ...] | None = None
     if example_input is not None:
-        shape = tuple(int(d) for d in np.asarray(example_input).shape) if not hasattr(
-            example_input, "shape") else tuple(int(d) for d in example_input.shape)
+        raw = example_input.shape if hasattr(example_input, "shape") else np.shape(example_input)
+        shape = tuple(int(d) for d in raw)
     elif input_shape is not None:
         shape = tuple(int(d) for d in input_shape)
     if src.kind == "onnx":
@@ -153,6 +153,9 @@ class _Runner:
                     fp32 = self._step(ref_key, pname, settings, self.source, "reference")
                 else:
                     fp32 = art
+        if fp32 is None and self.source.format == "torch":  # e.g. qat: torch -> onnx-qdq directly
+            fp32 = self._step(json.dumps(["export_onnx", {}]), "export_onnx", {}, self.source,
+                              "reference")
         return art, fp32
 
 
@@ -161,12 +164,16 @@ def _unavailable(variant: Variant) -> str:
     from edgemed_runtime.backends import backend_class
 
     missing = list(backend_class(variant.backend).missing())
+    if missing and variant.gate_backend and backend_class(variant.gate_backend).is_available():
+        missing = []  # built and gated here with gate_backend; it runs on the device
     for pname, _ in variant.pass_specs():
         missing += [m for m in get_pass_class(pname).missing() if m not in missing]
     return f"missing packages: {', '.join(missing)}" if missing else ""
 
 
 def _logits(art: Artifact, backend: str, options: dict[str, Any], x: np.ndarray, batch: int) -> np.ndarray:
+    if not art.io.dynamic_batch:
+        batch = art.io.input_shape[0]  # fixed-shape models (e.g. mobile) take exactly that batch
     with open_artifact(art, backend=backend, options=options) as sess:
         return np.concatenate([sess.run({art.io.input_name: x[i:i + batch]})[art.io.output_names[0]]
                                for i in range(0, len(x), batch)])

@@ -59,6 +59,9 @@ class Variant(_Strict):
     backend: str
     passes: tuple[dict[str, Any], ...]
     backend_options: dict[str, Any] = Field(default_factory=dict)
+    gate_backend: str | None = None
+    """Backend that gates the variant on a build host where ``backend`` is not available
+    (e.g. onnxruntime running the ONNX of a TensorRT recipe); recorded in provenance."""
 
     def pass_specs(self) -> list[tuple[str, dict[str, Any]]]:
         """``[(pass_name, settings), ...]``."""
@@ -120,17 +123,20 @@ def check_chain(profile: TargetProfile) -> None:
                     fix="reorder the passes or add a conversion pass", code="format-mismatch",
                 )
             fmt = (cls.produces,)
-        try:
-            be = backend_class(v.backend)
-        except InvalidInputError as exc:
-            raise ProfileError(f"variant {v.name!r}: unknown backend", expected=exc.expected,
-                               found=v.backend, code="unknown-backend") from None
-        if fmt[0] not in be.formats:
-            raise ProfileError(
-                f"variant {v.name!r}: backend {v.backend!r} cannot run {fmt[0]!r}",
-                expected=", ".join(be.formats), found=fmt[0], code="backend-format",
-                fix="change the backend or the last pass",
-            )
+        for role, name in (("backend", v.backend), ("gate_backend", v.gate_backend)):
+            if name is None:
+                continue
+            try:
+                be = backend_class(name)
+            except InvalidInputError as exc:
+                raise ProfileError(f"variant {v.name!r}: unknown {role}", expected=exc.expected,
+                                   found=name, code="unknown-backend") from None
+            if fmt[0] not in be.formats:
+                raise ProfileError(
+                    f"variant {v.name!r}: {role} {name!r} cannot run {fmt[0]!r}",
+                    expected=", ".join(be.formats), found=fmt[0], code="backend-format",
+                    fix="change the backend or the last pass",
+                )
 
 
 def search_dirs(extra: list[str | os.PathLike[str]] | None = None) -> list[Path]:
@@ -215,11 +221,60 @@ def host_matches(profile: TargetProfile) -> tuple[bool, str]:
     if h.cpu_flags_any and not set(h.cpu_flags_any) & flags:
         return False, f"host has none of the CPU flags {', '.join(h.cpu_flags_any)}"
     if h.needs_gpu:
-        try:
+        gpu, why = nvidia_gpu()
+        if not gpu:
+            return False, f"target needs an NVIDIA GPU; {why}"
+    return True, f"host {arch} matches ({', '.join(sorted(set(h.cpu_flags_any) & flags)) or 'no flag rules'})"
+
+
+def nvidia_gpu() -> tuple[bool, str]:
+    """Whether this host has a usable NVIDIA GPU, and how that was decided."""
+    if Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/version").exists():
+        return True, "NVIDIA driver present"
+    try:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            return True, "onnxruntime CUDA EP available"
+    except ImportError:
+        pass
+    return False, "no NVIDIA driver (/proc/driver/nvidia) on this host"
+
+
+def check_target(profile: TargetProfile) -> dict[str, Any]:
+    """What ``edgemed targets check`` reports: host match and, per variant, whether its backend
+    (and the execution providers it asks for) can run here, and what is missing.
+
+    Returns ``{"target", "host": {...}, "variants": [{name, backend, available, missing,
+    providers: {available, missing}, gate_backend, runnable_here}], "ok": bool}``.
+    """
+    match, why = host_matches(profile)
+    variants = []
+    for v in profile.variants:
+        cls = backend_class(v.backend)
+        row: dict[str, Any] = {"name": v.name, "backend": v.backend,
+                               "available": cls.is_available(), "missing": cls.missing(),
+                               "default": v.name == profile.default_variant}
+        opts = profile.backend_options(v)
+        if v.backend == "onnxruntime" and cls.is_available():
+            from edgemed_runtime.backends.onnxruntime import _EP_ALIASES
             import onnxruntime as ort
 
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                return False, "target needs an NVIDIA GPU; this host has none"
-        except ImportError:
-            return False, "target needs an NVIDIA GPU; onnxruntime-gpu is not installed"
-    return True, f"host {arch} matches ({', '.join(sorted(set(h.cpu_flags_any) & flags)) or 'no flag rules'})"
+            have = set(ort.get_available_providers())
+            wanted = [_EP_ALIASES.get(str(p).lower(), str(p))
+                      for p in opts.get("providers", ["CPUExecutionProvider"])]
+            row["providers"] = {"available": [p for p in wanted if p in have],
+                                "missing": [p for p in wanted if p not in have]}
+        if v.backend == "tensorrt":
+            gpu, gwhy = nvidia_gpu()
+            row["gpu"] = gwhy
+            row["available"] = row["available"] and gpu
+        if v.gate_backend:
+            row["gate_backend"] = v.gate_backend
+            row["gate_backend_available"] = backend_class(v.gate_backend).is_available()
+        row["runnable_here"] = bool(row["available"] or row.get("gate_backend_available"))
+        variants.append(row)
+    default = next(r for r in variants if r["default"])
+    return {"target": profile.name, "kind": profile.kind,
+            "host": {"matches": match, "why": why, "arch": platform.machine()},
+            "variants": variants, "ok": bool(default["runnable_here"])}

@@ -147,7 +147,7 @@ def ratio_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
 def bench(
     source: str | os.PathLike[str],
     *,
-    compare: Sequence[str | os.PathLike[str]] = (),
+    compare: Sequence[str | os.PathLike[str] | tuple[str, str | os.PathLike[str]]] = (),
     backends: Sequence[str] = (),
     peers: bool = False,
     config: BenchConfig | None = None,
@@ -157,14 +157,17 @@ def bench(
     reference: str | os.PathLike[str] | None = None,
     trust: str | os.PathLike[str] | None = None,
     device_key: str | os.PathLike[str] | None = None,
+    bundle_args: dict[str, Any] | None = None,
     input_shape: Sequence[int] = (1, 1, 224, 224),
+    check_samples: int = 32,
     ceilings: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Benchmark ``source`` (artifact, bundle, ONNX file or model spec) on this machine.
 
     Args:
-        compare: more artifacts/bundles/ONNX files timed in the same processes.
+        compare: more artifacts/bundles/ONNX files timed in the same processes (a path, or a
+            ``(name, path)`` pair to name it in the tables).
         backends: also run the artifact on these registered backends (skipped with a reason
             when absent or unable to run its format).
         peers: add ORT FP32, ORT ``quantize_static`` defaults and NNCF + OpenVINO defaults.
@@ -173,12 +176,19 @@ def bench(
         dicom: a DICOM file for the end-to-end figure, ``"synthetic"`` or None to skip.
         reference: the FP32 ONNX for peers/ratios when ``source`` carries none (bundles).
         trust, device_key: for bundles, passed to ``edgemed_runtime.open``.
+        bundle_args: more ``edgemed_runtime.open`` arguments for bundles (e.g. ``state_dir``);
+            values must survive JSON (they cross into the worker processes).
         input_shape: for a model spec that is built first.
+        check_samples: inputs on which every candidate's outputs are compared with FP32.
     Raises:
         InvalidInputError, ProfileError, BundleError, BackendError: bad input or a failed backend.
     """
     cfg = config or BenchConfig()
     cfg.check()
+    if target is not None:
+        from ..targets import load_target
+
+        load_target(target)  # an unknown or invalid profile fails before any measuring
     say = progress or (lambda m: None)
     notes: dict[str, str] = {}
     skipped: dict[str, str] = {}
@@ -191,23 +201,27 @@ def bench(
 
             shape = tuple(int(d) for d in input_shape)
             spec0 = PreprocessSpec(size=shape[-2:], channels=shape[1] if shape[1] in (1, 3) else 1)
-            data0 = _data(calib, spec0, shape[1:], work)
+            data0 = _data(calib, spec0, shape[1:], work, check_samples)
             say(f"building {src_text} for {target or 'cpu-x86'}")
             src_text = str(build_source(src_text, input_shape=shape, target=target or "cpu-x86",
                                         calib=data0.calib, progress=say))
             built_from = str(source)
         open_args = {k: str(v) for k, v in (("trust", trust), ("device_key", device_key)) if v}
+        open_args.update({k: (str(v) if isinstance(v, os.PathLike) else v)
+                          for k, v in (bundle_args or {}).items()})
         primary = resolve(src_text, name="edgemed", role="edgemed", threads=cfg.threads,
                           open_args=open_args)
         sources: list[Source] = [primary]
         for i, other in enumerate(compare):
+            given, other = other if isinstance(other, tuple) else (None, other)
             s = resolve(str(other), name=f"compare{i + 1}", role="other", threads=cfg.threads,
                         open_args=open_args, e2e=False)
-            nm = (s.target or Path(str(other)).stem) if s.artifact is not None else Path(str(other)).stem
+            nm = given or ((s.target or Path(str(other)).stem) if s.artifact is not None
+                           else Path(str(other)).stem)
             sources.append(replace(s, candidate=replace(s.candidate, name=nm)))
         cands = [s.candidate for s in sources]
         cands += _backend_candidates(primary, backends, skipped)
-        data = _data(calib, primary.preprocess, primary.sample_shape, work)
+        data = _data(calib, primary.preprocess, primary.sample_shape, work, check_samples)
         dicom_path = None
         if dicom == "synthetic":
             dicom_path = data.dicom
@@ -260,10 +274,10 @@ def bench(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _data(calib: Any, spec: Any, sample_shape: Sequence[int], work: Path) -> BenchData:
+def _data(calib: Any, spec: Any, sample_shape: Sequence[int], work: Path, n_check: int) -> BenchData:
     if calib is not None:
-        return user_data(calib, spec, tuple(sample_shape))
-    return synthetic_data(spec, tuple(sample_shape), work)
+        return user_data(calib, spec, tuple(sample_shape), n_check=n_check)
+    return synthetic_data(spec, tuple(sample_shape), work, n_check=n_check)
 
 
 def _backend_candidates(primary: Source, backends: Sequence[str], skipped: dict[str, str]) -> list[Candidate]:

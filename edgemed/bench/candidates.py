@@ -37,6 +37,7 @@ class Candidate:
         gmacs: MACs per sample, in billions (None if unknown).
         size_bytes: the model file's size on disk.
         e2e: also time the end-to-end path (DICOM decode + preprocess + inference).
+        imports: modules imported before the timed open (so open time is not import time).
     """
 
     name: str
@@ -51,13 +52,14 @@ class Candidate:
     gmacs: float | None = None
     size_bytes: int | None = None
     e2e: bool = False
+    imports: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Candidate":
-        return cls(**d)
+        return cls(**{**d, "imports": tuple(d.get("imports", ()))})
 
 
 @dataclass
@@ -114,10 +116,19 @@ def open_runner(c: Candidate, preprocess: Any = None) -> Runner:
 
 def preimport(c: Candidate) -> None:
     """Import the libraries ``c`` needs, so its open time is not its import time."""
-    if c.kind == "openvino-ir" or c.backend == "openvino":
-        import openvino  # noqa: F401
-    if c.kind in ("onnx", "edgemed"):
-        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-        import onnxruntime  # noqa: F401
+    import importlib
 
-        import edgemed_runtime  # noqa: F401
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    mods = list(c.imports)
+    if c.kind == "openvino-ir":
+        mods.append("openvino")
+    elif c.kind == "onnx":
+        mods.append("onnxruntime")
+    else:
+        mods.append("edgemed_runtime")
+        if c.backend:
+            from edgemed_runtime.backends import backend_class
+
+            mods += list(backend_class(c.backend).modules)
+    for m in mods:
+        importlib.import_module(m)

@@ -27,6 +27,8 @@ from .machine import LoadMonitor, machine_info
 from .timing import LatencyStats, ratio
 
 RESULT_VERSION = 1
+#: raw samples kept per candidate in the JSON result (for the report's distributions)
+MAX_SAMPLES = 3000
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,16 @@ class BenchConfig:
     def check(self) -> None:
         for name in ("threads", "runs", "processes"):
             if int(getattr(self, name)) < 1:
-                raise InvalidInputError(f"{name} must be at least 1", found=str(getattr(self, name)),
+                raise InvalidInputError(f"{name} must be at least 1", expected="an integer >= 1",
+                                        found=str(getattr(self, name)), fix=f"pass --{name} 1 or more",
                                         code="bad-option")
         if self.warmup < 0 or self.cold_processes < 0:
-            raise InvalidInputError("warmup and cold_processes cannot be negative", code="bad-option")
-        if any(b < 1 for b in self.batch_sizes):
-            raise InvalidInputError("batch sizes must be positive",
+            raise InvalidInputError("warmup and cold processes cannot be negative",
+                                    expected="integers >= 0",
+                                    found=f"warmup={self.warmup}, cold={self.cold_processes}",
+                                    code="bad-option")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise InvalidInputError("batch sizes must be positive", expected="e.g. 1,4,8",
                                     found=",".join(map(str, self.batch_sizes)), code="bad-option")
 
 
@@ -125,10 +131,16 @@ def measure(cands: list[Candidate], cfg: BenchConfig, *, sample_shape: tuple[int
                     m.cold.setdefault(c.name, []).append(meta)
                 except BackendError as exc:
                     m.errors.setdefault(c.name, f"cold start: {exc.message}: {exc.found}")
+        # a candidate whose cold process crashed or failed would take the shared warm ones down
+        warm_cands = [c for c in cands if c.name not in m.errors]
+        if not warm_cands:
+            raise BackendError("no candidate could be opened", found="; ".join(
+                f"{n}: {e}" for n, e in m.errors.items())[:500], code="bench-nothing-ran")
         for i in range(cfg.processes):
-            say(f"warm process {i + 1}/{cfg.processes}: {len(cands)} candidates interleaved, "
-                f"{cfg.runs} rounds")
-            spec = {**base, "mode": "warm", "rotate": i, "candidates": [c.to_dict() for c in cands],
+            say(f"warm process {i + 1}/{cfg.processes}: {len(warm_cands)} candidates "
+                f"interleaved, {cfg.runs} rounds")
+            spec = {**base, "mode": "warm", "rotate": i,
+                    "candidates": [c.to_dict() for c in warm_cands],
                     "dicom": str(dicom) if dicom else None,
                     "check_inputs": str(work / "check.npy") if (check is not None and i == 0) else None}
             meta, arrays = _run_worker(spec, work, f"warm-{i}", cfg.timeout_s)
@@ -176,6 +188,7 @@ def summarize(cands: list[Candidate], m: Measurements, cfg: BenchConfig, *, base
         if per:
             pooled = np.concatenate(per)
             d["latency_ms"] = LatencyStats.from_samples(pooled).to_dict()
+            d["samples_ms"] = [round(float(x) * 1e3, 3) for x in pooled[:MAX_SAMPLES]]
             d["process_p50_ms"] = _spread([float(np.median(s)) * 1e3 for s in per])
             d["throughput"] = {"1": round(1.0 / float(np.median(pooled)), 2)}
             for b, by in sorted(m.batch.items()):
@@ -198,6 +211,8 @@ def summarize(cands: list[Candidate], m: Measurements, cfg: BenchConfig, *, base
                 e = float(np.median(np.concatenate(e2e))) * 1e3
                 d["end_to_end_ms"] = LatencyStats.from_samples(np.concatenate(e2e)).to_dict()
                 d["end_to_end_over_model"] = round(e / d["latency_ms"]["p50"], 3)
+                d["end_to_end_samples_ms"] = [round(float(x) * 1e3, 3)
+                                              for x in np.concatenate(e2e)[:MAX_SAMPLES]]
         cold = m.cold.get(c.name)
         if cold:
             d["cold"] = {k: _spread([x[k] for x in cold]) for k in

@@ -86,7 +86,7 @@ def resolve(path_or_spec: str, *, name: str, role: str, threads: int,
         c = Candidate(name, "edgemed", str(p), role=role, label=_artifact_label(art),
                       options={**dict(art.backend_options), **opts},
                       precision=_precision(art.format, art.model_path), gmacs=gm,
-                      size_bytes=_size(art.model_path), e2e=e2e)
+                      size_bytes=_size(art.model_path), e2e=e2e, imports=_modules(art.backend))
         return Source(c, tuple(art.io.sample_shape), art.preprocess,
                       ref if ref.is_file() else None, art, str(art.target.get("name") or "") or None,
                       art.io.dynamic_batch)
@@ -95,11 +95,11 @@ def resolve(path_or_spec: str, *, name: str, role: str, threads: int,
 
         args = dict(open_args or {})
         with edgemed_runtime.open(p, options=opts, **args) as sess:
-            io, spec, info = sess.io, sess.preprocess, dict(sess.info)
+            io, spec, info, backend = sess.io, sess.preprocess, dict(sess.info), sess.backend
         c = Candidate(name, "edgemed", str(p), role=role, open_args=args, options=opts,
-                      label=f"edgemed bundle {p.name} ({info.get('format', '?')}, {sess.backend})",
+                      label=f"edgemed bundle {p.name} ({info.get('format', '?')}, {backend})",
                       precision=_precision(str(info.get("format", "")), None), size_bytes=_size(p),
-                      e2e=e2e)
+                      e2e=e2e, imports=_modules(backend))
         target = info.get("target")
         return Source(c, tuple(io.sample_shape), spec, None, None,
                       target.get("name") if isinstance(target, dict) else target, io.dynamic_batch,
@@ -111,7 +111,7 @@ def resolve(path_or_spec: str, *, name: str, role: str, threads: int,
             io = sess.io
         c = Candidate(name, "edgemed", str(p), role=role, options=opts, e2e=e2e,
                       label=f"{p.name} (onnxruntime)", precision=_precision("", p),
-                      size_bytes=_size(p))
+                      size_bytes=_size(p), imports=("onnxruntime",))
         return Source(c, tuple(io.sample_shape), PreprocessSpec(size=tuple(io.sample_shape[-2:])),
                       p if p.suffix == ".onnx" and c.precision == "fp32" else None, None, None,
                       io.dynamic_batch)
@@ -120,6 +120,15 @@ def resolve(path_or_spec: str, *, name: str, role: str, threads: int,
         expected="an artifact directory (with artifact.json), a bundle, an .onnx file or a model "
                  "spec", found=str(p), fix="pass the output folder of `edgemed build`",
         code="not-a-model")
+
+
+def _modules(backend: str) -> tuple[str, ...]:
+    from edgemed_runtime.backends import backend_class
+
+    try:
+        return tuple(backend_class(backend).modules)
+    except InvalidInputError:
+        return ()
 
 
 def _precision(fmt: str, model_path: Path | None) -> str:
@@ -136,19 +145,29 @@ def _precision(fmt: str, model_path: Path | None) -> str:
 
 
 def build_source(model: str, *, input_shape: tuple[int, ...], target: str, calib: np.ndarray,
-                 progress: Callable[[str], None] | None = None, rebuild: bool = False) -> Path:
-    """Build ``model`` for ``target`` with ``calib`` (cached by model, shape, target, data)."""
-    import edgemed
+                 progress: Callable[[str], None] | None = None, rebuild: bool = False,
+                 select: str = "auto", weights: str | os.PathLike[str] | None = None) -> Path:
+    """Build ``model`` for ``target`` with ``calib`` (cached by model, weights, shape, target,
+    data, variant selection and the profile's content).
 
-    h = hashlib.sha256(json.dumps([model, list(input_shape), target]).encode())
+    ``select``: ``"auto"`` (the build times the variants), ``"default"``, or a variant's name.
+    ``weights``: a state_dict file; without it a model spec gets fresh random weights per build.
+    """
+    import edgemed
+    from edgemed.pipeline import BuildOptions
+
+    from ..targets import load_target
+
+    prof = load_target(target)
+    h = hashlib.sha256(json.dumps([model, list(input_shape), target, select, prof.sha256]).encode())
     h.update(hashlib.sha256(np.ascontiguousarray(calib).tobytes()).digest())
-    mp = Path(model)
-    if mp.is_file():
-        h.update(mp.read_bytes())
+    for f in (Path(model), Path(weights) if weights else None):
+        if f is not None and f.is_file():
+            h.update(f.read_bytes())
     out = cache_dir() / "builds" / h.hexdigest()[:24]
     if rebuild or not (out / ARTIFACT_FILE).is_file():
         edgemed.build(model, input_shape=input_shape, calibration=calib, target=target, out=out,
-                      progress=progress)
+                      progress=progress, options=BuildOptions(select=select), weights=weights)
     return out
 
 

@@ -35,12 +35,20 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak RSS. Linux: VmHWM (ru_maxrss keeps the parent's peak across exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 
 
 def _err(exc: BaseException) -> str:
-    msg = getattr(exc, "message", None) or str(exc).splitlines()[0] if str(exc) else ""
+    text = str(exc)
+    msg = getattr(exc, "message", None) or (text.splitlines()[0] if text else "")
     return f"{type(exc).__name__}: {msg}"[:400]
 
 

@@ -32,8 +32,10 @@ def _fmt(v: Any, nd: int = 2) -> str:
 
 def render(data: dict[str, Any]) -> None:
     """Print the result as rich tables (latency, cold start, ratios, efficiency, load, budget)."""
+    from rich.console import Console
     from rich.table import Table
 
+    out = console if console.is_terminal else Console(width=max(console.width, 150))
     c = data["candidates"]
     t = Table(title="Warm latency, batch 1 (ms; all processes pooled; interleaved A B A B ...)")
     for col in ("candidate", "p50", "p90", "p99", "mean", "std", "p50 per process", "spread %",
@@ -47,7 +49,7 @@ def render(data: dict[str, Any]) -> None:
         thr = ", ".join(f"b{b}: {v:.1f}" for b, v in d["throughput"].items())
         t.add_row(n, *(_fmt(lat[k]) for k in ("p50", "p90", "p99", "mean", "std")),
                   " / ".join(f"{x:.1f}" for x in pp["per_process"]), _fmt(pp["spread_pct"], 1), thr)
-    console.print(t)
+    out.print(t)
     t = Table(title="Cold start and memory (fresh process per run; medians)")
     for col in ("candidate", "import ms", "open ms", "first inference ms", "peak RSS MB",
                 "model RSS MB", "size MB"):
@@ -59,7 +61,7 @@ def render(data: dict[str, Any]) -> None:
         t.add_row(n, *(_fmt(med.get(k), 1) for k in ("import_ms", "open_ms", "first_inference_ms",
                                                     "peak_rss_mb", "model_rss_mb")),
                   _fmt(d["size_bytes"] / 2**20 if d.get("size_bytes") else None, 2))
-    console.print(t)
+    out.print(t)
     rows = data.get("ratio_table", [])
     if rows:
         t = Table(title="Ratios (latency p50, per process then median; [min-max over processes])")
@@ -80,31 +82,34 @@ def render(data: dict[str, Any]) -> None:
                 else:
                     cells.append(_fmt(v, 3))
             t.add_row(*cells)
-        console.print(t)
+        out.print(t)
     e = c.get("edgemed", {})
     if "end_to_end_ms" in e:
         dec = data.get("decode+preprocess_ms", {}).get("p50")
-        console.print(f"End to end from DICOM (decode + preprocess + inference): "
+        out.print(f"End to end from DICOM (decode + preprocess + inference): "
                       f"p50 {e['end_to_end_ms']['p50']:.2f} ms = {e['end_to_end_over_model']:.2f}x "
                       f"model-only {e['latency_ms']['p50']:.2f} ms (decode + preprocess alone "
                       f"{_fmt(dec)} ms; {data['data']['dicom']})")
     ceil = data.get("ceilings")
     if ceil:
-        console.print(f"GEMM ceilings ({ceil['threads']} threads{', cached' if ceil.get('cached') else ''}): "
+        out.print(f"GEMM ceilings ({ceil['threads']} threads{', cached' if ceil.get('cached') else ''}): "
                       f"INT8 {ceil['int8_gmacs']:.0f} GMAC/s, FP32 {ceil['fp32_gmacs']:.0f} GMAC/s")
     load = data["load"]
     style = "yellow" if load["others_mean_cores"] > 0.25 else "green"
-    console.print(f"[{style}]Other processes used {load['others_mean_cores']:.2f} of "
+    out.print(f"[{style}]Other processes used {load['others_mean_cores']:.2f} of "
                   f"{load['cores']} cores on average (max {load['others_max_cores']:.2f}, steal "
                   f"{load['steal_pct']:.1f}%) during the {load['wall_s']:.0f} s run.[/]")
+    for n in data["order"]:
+        if "error" in c[n]:
+            out.print(f"[red]{n} failed: {c[n]['error']}[/]")
     for k, v in {**data.get("skipped", {})}.items():
-        console.print(f"[dim]skipped {k}: {v}[/]")
+        out.print(f"[dim]skipped {k}: {v}[/]")
     b = data.get("budget", {})
     if b.get("checked"):
         if b["exceeded"]:
-            console.print(f"[bold red]Budget of {b['target']} exceeded:[/] " + "; ".join(b["reasons"]))
+            out.print(f"[bold red]Budget of {b['target']} exceeded:[/] " + "; ".join(b["reasons"]))
         else:
-            console.print(f"[green]Within the budgets of {b['target']}.[/]")
+            out.print(f"[green]Within the budgets of {b['target']}.[/]")
 
 
 def register(app: typer.Typer) -> None:

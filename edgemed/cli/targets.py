@@ -4,7 +4,7 @@ build, time and run them."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.markup import escape
@@ -15,10 +15,8 @@ from .common import console, handle_errors, print_json
 _DIR_HELP = "extra folder of your own profiles (repeatable; also $EDGEMED_TARGETS)"
 
 
-def _describe(p: object) -> dict:
-    from edgemed.targets import TargetProfile
-
-    assert isinstance(p, TargetProfile)
+def _describe(p: Any) -> dict[str, Any]:
+    """A TargetProfile as JSON-ready data, with its hash."""
     return p.model_dump(mode="json") | {"sha256": p.sha256}
 
 

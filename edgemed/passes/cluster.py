@@ -58,6 +58,7 @@ def cluster_tensor(w: np.ndarray, cfg: ClusterConfig, seed: int, k_fixed: int | 
     nz = flat != 0
     vals = flat[nz]
     norm = float(np.linalg.norm(flat)) or 1.0
+    k_fixed = k_fixed or cfg.clusters
     candidates = ([k_fixed] if k_fixed else
                   [k for k in (2 ** i for i in range(1, 9))
                    if cfg.min_clusters <= k <= cfg.max_clusters] or [cfg.max_clusters])

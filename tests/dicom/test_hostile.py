@@ -105,3 +105,47 @@ def test_missing_decoder_names_the_package(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "CODE missing-decoder" in out.stdout, out.stdout + out.stderr
     assert "pylibjpeg" in out.stdout
+
+
+def test_sentinel_never_in_messages_logs_or_warnings(tmp_path, caplog, capfd):
+    """A sentinel PatientName (plus invalid values that make pydicom warn, quoting them) goes
+    through every reading entry point and every failure; it appears in no message, log or warning."""
+    import pydicom
+
+    from edgemed.dicom.deid import deidentify
+    from edgemed.dicom.index import index_folder
+
+    caplog.set_level(logging.DEBUG)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    good = hostile.valid_file(folder / "good.dcm")
+    ds = pydicom.dcmread(good)
+    with warnings.catch_warnings():  # building the bad file warns here, in the test's own code
+        warnings.simplefilter("ignore")
+        ds.PatientName = (hostile.SENTINEL + "^") * 5  # too long for PN: pydicom quotes it
+        ds.StudyInstanceUID = "1.2." + hostile.SENTINEL  # not a valid UID: pydicom quotes it
+        ds.AccessionNumber = hostile.SENTINEL * 3
+        ds.save_as(folder / "bad_values.dcm", enforce_file_format=True)
+    for case, (build, _) in sorted(CASES.items()):
+        build(folder / f"{case}.dcm")
+    messages: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for path in sorted(folder.iterdir()):
+            for call in (lambda: read_image(path), lambda: load_input(path, PreprocessSpec())):
+                try:
+                    call()
+                except InvalidInputError as err:
+                    messages += [str(err), repr(err), str(err.to_dict())]
+        records, skipped = index_folder(folder)
+        messages += [str(s) for s in skipped]  # records carry Patient ID by design: data, not messages
+        report = deidentify(folder, tmp_path / "out", key=bytes(range(32)))
+        messages.append(str(report.to_dict()))
+    messages += [str(w.message) for w in caught]
+    messages += [r.getMessage() for r in caplog.records]
+    out, err = capfd.readouterr()
+    messages += [out, err]
+    assert {c for _, c in skipped} >= {"not-dicom", "executable-preamble", "pixel-budget"}
+    assert any(r.path == "bad_values.dcm" for r in records)
+    for text in messages:
+        assert "ZZSENTINEL" not in text, text[:200]

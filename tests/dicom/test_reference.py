@@ -35,7 +35,7 @@ def _pydicom_decodes(path):
 def test_matches_pydicom(path):
     got = _pydicom_decodes(path)
     if got is None:
-        RESULTS[path.name] = "skipped"
+        RESULTS[str(path)] = "skipped"
         pytest.skip("pydicom itself does not decode this file (or it has no pixels)")
     ds, arr = got
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -53,7 +53,7 @@ def test_matches_pydicom(path):
         got_display = img.display()
         assert got_display.shape == want.shape
         np.testing.assert_allclose(got_display, want, rtol=0, atol=2e-6, err_msg=path.name)
-    RESULTS[path.name] = "passed"
+    RESULTS[str(path)] = "passed"
 
 
 def test_report_counts():
@@ -61,6 +61,6 @@ def test_report_counts():
     tried = [k for k, v in RESULTS.items() if v != "skipped"]
     passed = [k for k, v in RESULTS.items() if v == "passed"]
     print(f"\nedgemed vs pydicom: {len(passed)} passed / {len(tried)} tried "
-          f"({len(RESULTS) - len(tried)} files pydicom does not decode, of {len(FILES)})")
+          f"({len(RESULTS) - len(tried)} of {len(FILES)} files skipped: no pixel data, not DICOM, or pydicom cannot decode them)")
     if RESULTS:
         assert len(passed) == len(tried)

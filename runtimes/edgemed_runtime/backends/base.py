@@ -77,7 +77,23 @@ class Backend(ABC):
 
 _REGISTRY: dict[str, str] = {
     "onnxruntime": "edgemed_runtime.backends.onnxruntime:OnnxRuntimeBackend",
+    "openvino": "edgemed_runtime.backends.openvino:OpenVinoBackend",
+    "tensorrt": "edgemed_runtime.backends.tensorrt:TensorRtBackend",
 }
+
+
+def _plugins_from_env() -> None:
+    """Backends named in $EDGEMED_RUNTIME_BACKENDS (``name=module:Class`` entries separated by
+    ``;``): third-party backends, registered without editing this file."""
+    import os
+
+    for entry in os.environ.get("EDGEMED_RUNTIME_BACKENDS", "").split(";"):
+        name, sep, target = entry.strip().partition("=")
+        if sep and name.strip() and ":" in target:
+            _REGISTRY.setdefault(name.strip(), target.strip())
+
+
+_plugins_from_env()
 
 
 def register_backend(name: str, target: str) -> None:
