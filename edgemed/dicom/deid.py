@@ -1,0 +1,282 @@
+"""De-identification: the DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile.
+
+Neither pydicom nor another dependency ships the Annex E table, so it is data here
+(``annex_e_basic.txt``, Table E.1-1). Applied to every level of the dataset (sequence items too):
+
+* X (and X/Z, X/D, X/Z/D) -> removed;  Z, Z/D -> emptied;  D -> a dummy value of the VR;
+* U -> the UID replaced by ``2.25.<keyed hash>`` (HMAC-SHA256 with the caller's key), so the same
+  input UID always maps to the same output UID and studies / series / references stay linked;
+* X/Z/U* sequences (Referenced / Source Image Sequence) are kept with their UIDs remapped;
+* Patient ID (Z, "zero length or dummy") becomes a keyed pseudonym, so patient-level splits still
+  work; Patient's Name takes the same pseudonym;
+* private attributes, curve data (50xx) and overlay data / comments (60xx) are removed;
+* Pixel Data is kept; Patient Identity Removed = YES; De-identification Method (+ code 113100).
+
+Not covered (the profile's options): Clean Pixel Data (burned-in text), Clean Descriptors,
+Retain Longitudinal Dates, Retain Safe Private. Outputs are written to a temp file, then renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgemed.errors import EdgemedError, InvalidInputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pydicom.dataset import Dataset
+
+PROFILE_FILE = Path(__file__).with_name("annex_e_basic.txt")
+METHOD = "edgemed deid: DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile"
+_DUMMY_TEXT = {"PN": "ANONYMOUS", "DA": "19000101", "TM": "000000", "DT": "19000101000000",
+               "AS": "000Y", "IS": "0", "DS": "0"}
+_TEXT_VRS = ("LO", "SH", "CS", "LT", "ST", "UT", "UC", "AE", "UR")
+
+
+@dataclass(frozen=True)
+class ProfileRow:
+    """One row of Table E.1-1: tag pattern (8 hex chars, ``x`` wildcards), action, name."""
+
+    pattern: str
+    action: str
+    name: str
+
+    def matches(self, tag: int) -> bool:
+        text = f"{tag:08X}"
+        return all(p in ("x", "X") or p == t for p, t in zip(self.pattern, text))
+
+
+@lru_cache(maxsize=1)
+def basic_profile() -> tuple[ProfileRow, ...]:
+    """The Basic Profile table, parsed from ``annex_e_basic.txt``."""
+    rows = []
+    for line in PROFILE_FILE.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        pattern, action, name = line.split(" ", 2)
+        rows.append(ProfileRow(pattern.upper().replace("X", "x"), action, name))
+    return tuple(rows)
+
+
+@lru_cache(maxsize=1)
+def _exact_actions() -> dict[int, str]:
+    return {int(r.pattern, 16): r.action for r in basic_profile() if "x" not in r.pattern}
+
+
+@lru_cache(maxsize=1)
+def _pattern_rows() -> tuple[ProfileRow, ...]:
+    return tuple(r for r in basic_profile() if "x" in r.pattern)
+
+
+def action_for(tag: int) -> str | None:
+    """The Basic Profile action for ``tag``, or None if the profile does not list it."""
+    action = _exact_actions().get(tag)
+    if action is not None:
+        return action
+    for row in _pattern_rows():
+        if row.matches(tag):
+            return row.action
+    return None
+
+
+class UidMapper:
+    """Maps UIDs to ``2.25.<int>`` with HMAC-SHA256 under ``key``: same input, same output."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise InvalidInputError("the de-identification key is too short", expected=">= 16 bytes",
+                                    found=f"{len(key)} bytes", fix="use a 32-byte random key",
+                                    code="deid-key")
+        self._key = key
+
+    def uid(self, value: str) -> str:
+        digest = hmac.new(self._key, b"uid:" + value.strip().encode("ascii", "replace"),
+                          hashlib.sha256).digest()
+        return "2.25." + str(int.from_bytes(digest[:16], "big"))
+
+    def pseudonym(self, patient_id: str) -> str:
+        digest = hmac.new(self._key, b"pid:" + patient_id.strip().encode("utf-8", "replace"),
+                          hashlib.sha256).hexdigest()
+        return "ANON" + digest[:12].upper()
+
+
+def _dummy(vr: str) -> Any:
+    if vr in _DUMMY_TEXT:
+        return _DUMMY_TEXT[vr]
+    if vr in _TEXT_VRS:
+        return "ANONYMIZED"
+    if vr in ("US", "SS", "UL", "SL", "UV", "SV"):
+        return 0
+    if vr in ("FL", "FD"):
+        return 0.0
+    return None
+
+
+def _remap(elem: Any, mapper: UidMapper) -> None:
+    value = elem.value
+    if value in (None, ""):
+        return
+    if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, str):
+        elem.value = [mapper.uid(str(v)) for v in value]
+    else:
+        elem.value = mapper.uid(str(value))
+
+
+def deidentify_dataset(ds: "Dataset", mapper: UidMapper) -> "Dataset":
+    """Apply the Basic Profile to ``ds`` in place (every nesting level) and return it."""
+    pid = str(ds.get("PatientID", "") or "")
+    _apply(ds, mapper, top=True)
+    if hasattr(ds, "file_meta") and "MediaStorageSOPInstanceUID" in ds.file_meta:
+        _remap(ds.file_meta["MediaStorageSOPInstanceUID"], mapper)
+    pseudonym = mapper.pseudonym(pid) if pid else ""
+    ds.PatientID = pseudonym
+    ds.PatientName = pseudonym
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = METHOD
+    from pydicom.dataset import Dataset as _Dataset
+
+    code = _Dataset()
+    code.CodeValue, code.CodingSchemeDesignator = "113100", "DCM"
+    code.CodeMeaning = "Basic Application Confidentiality Profile"
+    ds.DeidentificationMethodCodeSequence = [code]
+    return ds
+
+
+def _apply(ds: "Dataset", mapper: UidMapper, top: bool) -> None:
+    if top:
+        ds.remove_private_tags()  # walks every nesting level
+    for elem in list(ds):
+        tag = int(elem.tag)
+        if tag == 0x7FE00010:
+            continue
+        action = action_for(tag)
+        if action is None:
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    _apply(item, mapper, top=False)
+            continue
+        if action == "X/Z/U*":
+            for item in elem.value if elem.VR == "SQ" else ():
+                _apply(item, mapper, top=False)
+            if elem.VR != "SQ":
+                del ds[tag]
+            continue
+        if action.startswith("X"):
+            del ds[tag]
+        elif action == "U":
+            if elem.VR == "UI":
+                _remap(elem, mapper)
+            else:
+                del ds[tag]
+        elif action.startswith("Z") or elem.VR == "SQ":
+            elem.value = [] if elem.VR == "SQ" else (None if elem.VR not in _TEXT_VRS + ("PN", "DA", "TM", "DT") else "")
+        else:  # D
+            dummy = _dummy(elem.VR)
+            if dummy is None:
+                del ds[tag]
+            else:
+                elem.value = dummy
+
+
+@dataclass(frozen=True)
+class DeidReport:
+    """What ``deidentify`` did: files written and skipped (relative path, error code)."""
+
+    written: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...]
+    output: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"output": str(self.output), "written": len(self.written),
+                "skipped": [{"path": p, "code": c} for p, c in self.skipped],
+                "profile": METHOD}
+
+
+def load_key(key_file: str | os.PathLike[str] | None) -> bytes:
+    """The HMAC key: the file's bytes, else ``EDGEMED_DEID_KEY`` (hex), else a fresh random key.
+
+    Raises:
+        InvalidInputError: ``deid-key`` (unreadable or too short).
+    """
+    if key_file is not None:
+        p = Path(key_file)
+        if not p.is_file():
+            raise InvalidInputError("key file not found", found=str(p), code="deid-key",
+                                    fix="create one: python -c 'import secrets;print(secrets.token_hex(32))' > key")
+        data = p.read_bytes().strip()
+        return bytes.fromhex(data.decode()) if _is_hex(data) else data
+    env = os.environ.get("EDGEMED_DEID_KEY")
+    if env:
+        if not _is_hex(env.encode()):
+            raise InvalidInputError("EDGEMED_DEID_KEY is not hex", code="deid-key",
+                                    expected="64 hex characters", found=f"{len(env)} characters")
+        return bytes.fromhex(env)
+    return secrets.token_bytes(32)
+
+
+def _is_hex(data: bytes) -> bool:
+    try:
+        bytes.fromhex(data.decode("ascii"))
+        return len(data) >= 32
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
+def _write_atomic(ds: "Dataset", out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".deid-", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        ds.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def deidentify(src: str | os.PathLike[str], out: str | os.PathLike[str], *, key: bytes) -> DeidReport:
+    """De-identify one file (``src`` a file -> ``out`` a file) or a folder tree (mirrored).
+
+    Raises:
+        InvalidInputError: ``not-found``; ``same-path`` (out inside src or equal); for a single
+            file, any read error of the file.
+    """
+    from edgemed_runtime.dicom.quiet import quiet
+
+    with quiet():
+        return _deidentify(Path(src), Path(out), key)
+
+
+def _deidentify(src_p: Path, out_p: Path, key: bytes) -> DeidReport:
+    from edgemed_runtime.dicom import read_dataset
+
+    if not src_p.exists():
+        raise InvalidInputError("input not found", found=str(src_p), code="not-found",
+                                fix="pass a DICOM file or a folder of them")
+    if out_p.resolve() == src_p.resolve() or (src_p.is_dir() and src_p.resolve() in out_p.resolve().parents):
+        raise InvalidInputError("the output would overwrite or sit inside the input", code="same-path",
+                                expected="an output outside the input", found=str(out_p))
+    mapper = UidMapper(key)
+    if src_p.is_file():
+        ds = read_dataset(src_p)
+        _write_atomic(deidentify_dataset(ds, mapper), out_p)
+        return DeidReport((src_p.name,), (), out_p)
+    written: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    for path in sorted(p for p in src_p.rglob("*") if p.is_file()):
+        rel = path.relative_to(src_p).as_posix()
+        try:
+            ds = read_dataset(path)
+        except EdgemedError as exc:
+            skipped.append((rel, exc.code))
+            continue
+        _write_atomic(deidentify_dataset(ds, mapper), out_p / rel)
+        written.append(rel)
+    return DeidReport(tuple(written), tuple(skipped), out_p)
