@@ -11,7 +11,9 @@ The loss is cross-entropy, mixed with knowledge distillation from the FP32 ``tea
 After every epoch the validation metric is measured; the best weights are kept and restored at the
 end, and training stops early after ``cfg.patience`` epochs without improvement. Weights that are
 exactly zero when fine-tuning starts stay zero (pruned sparsity survives) unless
-``cfg.keep_sparsity`` is false. With ``checkpoint_dir`` every epoch writes ``checkpoint.pt`` and
+``cfg.keep_sparsity`` is false. After each full-phase epoch the BatchNorm statistics are
+recomputed on the training inputs (``recalibrate_bn``): without it MONAI ResNet-18 trained for a
+few epochs predicted one class in eval mode (val accuracy 0.50; 0.86 after recalibration). With ``checkpoint_dir`` every epoch writes ``checkpoint.pt`` and
 the hyperparameters as ``hparams.json`` beside it (atomically); calling again with the same
 directory and hyperparameters resumes after the last finished epoch.
 """
@@ -55,6 +57,7 @@ class FinetuneConfig(PassConfig):
     augment: bool = True
     keep_sparsity: bool = True
     restore_best: bool = Field(True, description="end with the best validation epoch's weights")
+    recalibrate_bn: bool = Field(True, description="recompute BatchNorm statistics each epoch")
     head: tuple[str, ...] = ()
     seed: int = 0
 
@@ -110,6 +113,25 @@ def evaluate(model: Any, x: np.ndarray, y: np.ndarray, metric: str) -> float:
         return float("nan")
     return float(roc_auc_score(y, p[:, 1]) if p.shape[1] == 2 else
                  roc_auc_score(y, p, multi_class="ovr", labels=list(range(p.shape[1]))))
+
+
+def recalibrate_bn(model: Any, x: np.ndarray, batch_size: int = 32) -> bool:
+    """Recompute BatchNorm running statistics on ``x`` (torch.optim.swa_utils.update_bn).
+
+    Running averages lag behind weights that change fast (high learning rate, few epochs, or
+    right after pruning), and eval-mode outputs can collapse to one class; a pass over the
+    training inputs with cumulative averaging fixes that. Returns False if there is no BN.
+    """
+    import torch
+    from torch.optim.swa_utils import update_bn
+
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return False
+    xt = torch.from_numpy(np.ascontiguousarray(x))
+    with torch.no_grad():
+        update_bn([xt[i:i + batch_size] for i in range(0, len(xt), batch_size)], model)
+    model.eval()
+    return True
 
 
 def _signature(model: Any) -> str:
@@ -268,6 +290,8 @@ def finetune(
                         layers[name].weight.mul_(mask)
             loss_sum += float(loss.detach()) * len(idx)
         sched.step()  # type: ignore[union-attr]
+        if cfg.recalibrate_bn and phase == "full":
+            recalibrate_bn(model, x, cfg.batch_size)
         metric = evaluate(model, vx, vy, cfg.metric)
         row = {"step": step, "phase": phase, "epoch": epoch, "lr": lr,
                "loss": loss_sum / len(x), f"val_{cfg.metric}": metric}

@@ -246,7 +246,8 @@ def check_target(profile: TargetProfile) -> dict[str, Any]:
     (and the execution providers it asks for) can run here, and what is missing.
 
     Returns ``{"target", "host": {...}, "variants": [{name, backend, available, missing,
-    providers: {available, missing}, gate_backend, runnable_here}], "ok": bool}``.
+    build_missing (packages its passes need), providers: {available, missing}, gate_backend,
+    runnable_here}], "ok": bool}``.
     """
     match, why = host_matches(profile)
     variants = []
@@ -256,6 +257,10 @@ def check_target(profile: TargetProfile) -> dict[str, Any]:
                                "available": cls.is_available(), "missing": cls.missing(),
                                "default": v.name == profile.default_variant}
         opts = profile.backend_options(v)
+        build_missing: list[str] = []
+        for pname, _ in v.pass_specs():
+            build_missing += [m for m in get_pass_class(pname).missing() if m not in build_missing]
+        row["build_missing"] = build_missing
         if v.backend == "onnxruntime" and cls.is_available():
             from edgemed_runtime.backends.onnxruntime import _EP_ALIASES
             import onnxruntime as ort
@@ -272,7 +277,8 @@ def check_target(profile: TargetProfile) -> dict[str, Any]:
         if v.gate_backend:
             row["gate_backend"] = v.gate_backend
             row["gate_backend_available"] = backend_class(v.gate_backend).is_available()
-        row["runnable_here"] = bool(row["available"] or row.get("gate_backend_available"))
+        row["runnable_here"] = not build_missing and bool(
+            row["available"] or row.get("gate_backend_available"))
         variants.append(row)
     default = next(r for r in variants if r["default"])
     return {"target": profile.name, "kind": profile.kind,

@@ -22,6 +22,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     augment: bool = True
+    recalibrate_bn: bool = False  # recompute BatchNorm statistics at the end (see finetune)
 
 
 @dataclass
@@ -103,5 +104,9 @@ def train_classifier(
             row["val_accuracy"] = acc
         if on_epoch is not None:
             on_epoch(epoch, row)
+    if config.recalibrate_bn:
+        from .finetune import recalibrate_bn
+
+        recalibrate_bn(model, x, config.batch_size)
     model.eval()
     return hist

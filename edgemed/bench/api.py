@@ -180,6 +180,8 @@ def bench(
             values must survive JSON (they cross into the worker processes).
         input_shape: for a model spec that is built first.
         check_samples: inputs on which every candidate's outputs are compared with FP32.
+        ceilings: measure this machine's GEMM ceilings (cached per machine) and time a GEMM
+            interleaved with the candidates, from which each one's fraction of the machine comes.
     Raises:
         InvalidInputError, ProfileError, BundleError, BackendError: bad input or a failed backend.
     """
@@ -253,7 +255,7 @@ def bench(
         baseline = "ort-fp32" if any(c.name == "ort-fp32" for c in cands) else cands[0].name
         m, load = run_measurements(cands, cfg, sample_shape=primary.sample_shape,
                                    preprocess=primary.preprocess.to_dict(), check=data.check,
-                                   dicom=dicom_path, progress=say)
+                                   dicom=dicom_path, progress=say, in_run_ceiling=ceilings)
         summary = summarize(cands, m, cfg, baseline=baseline, ceilings=ceil)
         doc: dict[str, Any] = {
             **header(), **summary,

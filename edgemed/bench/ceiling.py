@@ -119,6 +119,22 @@ def _gmacs(kind: str, threads: int, shape: tuple[int, int, int], reps: int) -> f
     return float(m * k * n / min(times) / 1e9)
 
 
+#: the GEMM timed inside every warm benchmark process, interleaved with the candidates
+INRUN_SHAPE = (1024, 1024, 1024)
+INRUN_KINDS = ("fp32", "matmulinteger", "qdq")
+
+
+def write_gemm_models(folder: Path, shape: tuple[int, int, int] = INRUN_SHAPE) -> dict[str, str]:
+    """Write the ceiling GEMMs as ONNX files (for the worker processes); ``{kind: path}``."""
+    m, k, n = shape
+    out = {}
+    for kind in INRUN_KINDS:
+        p = folder / f"gemm-{kind}.onnx"
+        p.write_bytes(_model(kind, m, k, n, np.random.default_rng(0)))
+        out[kind] = str(p)
+    return out
+
+
 def measure_ceilings(threads: int = 2, shape: tuple[int, int, int] | None = None, reps: int = 9) -> Ceilings:
     """Measure INT8 and FP32 GEMM throughput now (about 1-2 s on 2 cores)."""
     from .machine import LoadMonitor

@@ -1,4 +1,4 @@
-"""Interleaved timing: run candidates A B A B ... so their ratios hold on a noisy, shared machine.
+"""Interleaved timing: run candidates in rotating turns so their ratios hold on a noisy machine.
 
 ``interleaved_samples`` returns the raw per-call times (seconds) of every candidate, taken in
 rotating order round after round; ``interleaved_latency`` summarises them (p50/p90/p99/mean/std).
@@ -43,12 +43,17 @@ def interleaved_samples(
     *,
     runs: int = 30,
     warmup: int = 3,
+    block: int = 1,
+    settle: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Call each zero-argument callable ``runs`` times, interleaved, after ``warmup`` calls each.
 
     The order rotates every round (A B C, B C A, ...) so no candidate always runs first (or
-    always right after the same neighbour). Returns the per-call times in seconds, in call order.
+    always right after the same neighbour). With ``block > 1`` each turn is ``settle`` untimed
+    calls then ``block`` timed ones (A A A B B B ...): the candidate runs with its own weights in
+    the caches and its own threads awake, as a device running one model does, while slow changes
+    of the machine's load still reach every candidate alike. Returns per-call seconds.
     """
     names = list(candidates)
     for _ in range(warmup):
@@ -56,15 +61,22 @@ def interleaved_samples(
             candidates[name]()
     samples: dict[str, list[float]] = {n: [] for n in names}
     clock = time.perf_counter
-    for r in range(runs):
+    block = max(1, int(block))
+    rounds = -(-runs // block)
+    for r in range(rounds):
         k = r % len(names) if names else 0
+        take = min(block, runs - r * block)
         for name in names[k:] + names[:k]:
             fn = candidates[name]
-            t0 = clock()
-            fn()
-            samples[name].append(clock() - t0)
+            for _ in range(settle):
+                fn()
+            out = samples[name]
+            for _ in range(take):
+                t0 = clock()
+                fn()
+                out.append(clock() - t0)
         if progress is not None:
-            progress(r + 1, runs)
+            progress(min(runs, (r + 1) * block), runs)
     return {n: np.asarray(s, dtype=np.float64) for n, s in samples.items()}
 
 

@@ -4,8 +4,9 @@ The parent starts several fresh workers so that a result is never one process's 
 
 * ``cold``: one candidate; times import, open (verify + decrypt + session creation for a bundle),
   the first inference, and records the process's peak RSS.
-* ``warm``: every candidate in one process, timed interleaved (A B A B ...) at batch 1, then per
-  batch size; the end-to-end path from a DICOM file beside model-only; outputs on check inputs.
+* ``warm``: every candidate in one process, timed interleaved in turns (``settle`` untimed then
+  ``block`` timed calls of A, then of B, ..., rotating) at batch 1, then per batch size; the
+  end-to-end path from a DICOM file beside model-only; outputs on check inputs.
 
 Results go to an ``.npz`` (raw samples as arrays, a JSON summary under ``meta``); errors are
 recorded per candidate, never raised, so one broken backend does not lose the others' numbers.
@@ -64,6 +65,20 @@ def _preprocess(spec: dict[str, Any]) -> Any:
     return PreprocessSpec.from_dict(spec["preprocess"]) if spec.get("preprocess") else None
 
 
+def _gemm_call(kind: str, path: str, shape: list[int], threads: int) -> Any:
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads or 0)
+    so.log_severity_level = 3
+    s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    a = (rng.integers(0, 256, shape[:2], dtype=np.uint8) if kind == "matmulinteger"
+         else rng.standard_normal(shape[:2]).astype(np.float32))
+    return lambda: s.run(None, {"a": a})
+
+
 def cold(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     c = Candidate.from_dict(spec["candidates"][0])
     out: dict[str, Any] = {"name": c.name}
@@ -118,7 +133,11 @@ def warm(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         first_pre = next((r.preprocess for r in runners.values() if r.preprocess is not None), None)
         if first_pre is not None:
             calls["decode+preprocess"] = lambda p=first_pre: load_input(dicom, p)
-    samples = interleaved_samples(calls, runs=runs, warmup=warmup)
+    gemm = spec.get("gemm") or {}
+    for kind, path in gemm.items():  # the machine's ceiling, under the same load as the models
+        calls[f"gemm::{kind}"] = _gemm_call(kind, path, spec["gemm_shape"], spec.get("threads", 0))
+    block, settle = int(spec.get("block", 1)), int(spec.get("settle", 0))
+    samples = interleaved_samples(calls, runs=runs, warmup=warmup, block=block, settle=settle)
     for n, s in samples.items():
         arrays[f"lat::{n}"] = s
     for b in spec.get("batch_sizes", []):
@@ -130,8 +149,10 @@ def warm(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             meta["batch"].setdefault(str(b), {})[n] = "skipped: the model has a fixed batch size"
         if not ok:
             continue
+        nb = max(5, runs // b)
         sb = interleaved_samples({n: (lambda r=r: r.run(xb)) for n, r in ok.items()},
-                                 runs=max(5, runs // b), warmup=max(1, warmup // b))
+                                 runs=nb, warmup=max(1, warmup // b), block=min(block, nb),
+                                 settle=min(settle, 1))
         for n, s in sb.items():
             arrays[f"batch{b}::{n}"] = s
     check = spec.get("check_inputs")

@@ -37,7 +37,9 @@ def render(data: dict[str, Any]) -> None:
 
     out = console if console.is_terminal else Console(width=max(console.width, 150))
     c = data["candidates"]
-    t = Table(title="Warm latency, batch 1 (ms; all processes pooled; interleaved A B A B ...)")
+    cfg = data.get("config", {})
+    t = Table(title=f"Warm latency, batch 1 (ms; {cfg.get('processes')} fresh processes pooled; "
+                    f"interleaved in turns of {cfg.get('block')} calls)")
     for col in ("candidate", "p50", "p90", "p99", "mean", "std", "p50 per process", "spread %",
                 "throughput /s"):
         t.add_column(col, justify="left" if col == "candidate" else "right")
@@ -90,9 +92,14 @@ def render(data: dict[str, Any]) -> None:
                       f"p50 {e['end_to_end_ms']['p50']:.2f} ms = {e['end_to_end_over_model']:.2f}x "
                       f"model-only {e['latency_ms']['p50']:.2f} ms (decode + preprocess alone "
                       f"{_fmt(dec)} ms; {data['data']['dicom']})")
+    ir = data.get("inrun_ceilings")
+    if ir:
+        out.print(f"GEMM ceilings in the same rounds ({'x'.join(map(str, ir['shape']))}): INT8 "
+                  f"{ir['int8']['median']:.0f} GMAC/s, FP32 {ir['fp32']['median']:.0f} GMAC/s "
+                  "(fractions of the ceiling use these)")
     ceil = data.get("ceilings")
     if ceil:
-        out.print(f"GEMM ceilings ({ceil['threads']} threads{', cached' if ceil.get('cached') else ''}): "
+        out.print(f"GEMM ceilings alone ({ceil['threads']} threads{', cached' if ceil.get('cached') else ''}): "
                       f"INT8 {ceil['int8_gmacs']:.0f} GMAC/s, FP32 {ceil['fp32_gmacs']:.0f} GMAC/s")
     load = data["load"]
     style = "yellow" if load["others_mean_cores"] > 0.25 else "green"
@@ -126,6 +133,9 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(2, "--threads"),
         runs: int = typer.Option(100, "--runs", help="Timed rounds per process."),
         warmup: int = typer.Option(10, "--warmup"),
+        block: int = typer.Option(10, "--block", help="Timed calls per turn (A x block, B x block, "
+                                  "...); 1 = strict A B A B."),
+        settle: int = typer.Option(2, "--settle", help="Untimed calls at the start of each turn."),
         processes: int = typer.Option(3, "--processes", help="Fresh processes for warm timing."),
         cold: int = typer.Option(2, "--cold", help="Fresh processes per candidate for cold start."),
         target: Optional[str] = typer.Option(None, "--target", help="Profile whose budgets apply."),
@@ -149,9 +159,14 @@ def register(app: typer.Typer) -> None:
         from edgemed.bench.runner import BenchConfig
 
         with handle_errors(as_json):
-            cfg = BenchConfig(threads=threads, runs=runs, warmup=warmup, processes=processes,
+            cfg = BenchConfig(threads=threads, runs=runs, warmup=warmup, block=block, settle=settle,
+                              processes=processes,
                               cold_processes=cold, batch_sizes=_ints(batch, "--batch"))
-            say = (lambda m: err_console.print(f"[dim]{m}[/]")) if not as_json else (lambda m: None)
+            import time
+
+            t0 = time.perf_counter()
+            say = ((lambda m: err_console.print(f"[dim]{time.perf_counter() - t0:6.1f}s {m}[/]"))
+                   if not as_json else (lambda m: None))
             # libraries (NNCF) draw progress bars on stdout; keep stdout for our output
             with contextlib.redirect_stdout(sys.stderr):
                 result = bench(source, compare=compare, backends=backend, peers=peers, config=cfg,

@@ -69,13 +69,14 @@ def register(app: typer.Typer) -> None:
             console.print(f"[bold]{escape(p.name)}[/] ({p.kind}): {escape(p.description)}")
             console.print(f"host: {escape(str(p.host.model_dump()))}")
             console.print(f"runtime: {escape(str(p.runtime))}")
-            console.print(f"budget: latency {p.budget.latency_ms} ms, memory {p.budget.memory_mb} MB")
+            console.print(f"budget: latency {p.budget.latency_ms} ms, "
+                          f"memory {p.budget.memory_mb} MB")
             t = Table(title="variants")
             for col in ("variant", "backend", "passes"):
                 t.add_column(col)
             for v in p.variants:
-                passes = " -> ".join(
-                    f"{n}({', '.join(f'{k}={val}' for k, val in s.items())})" for n, s in v.pass_specs())
+                passes = " -> ".join(f"{n}({', '.join(f'{k}={val}' for k, val in s.items())})"
+                                     for n, s in v.pass_specs())
                 mark = " (default)" if v.name == p.default_variant else ""
                 be = v.backend + (f" (gate: {v.gate_backend})" if v.gate_backend else "")
                 t.add_row(v.name + mark, be, escape(passes))
@@ -106,12 +107,16 @@ def register(app: typer.Typer) -> None:
                     t.add_column(col)
                 for v in r["variants"]:
                     miss = list(v["missing"])
+                    if v.get("build_missing"):
+                        miss.append("to build: " + ", ".join(v["build_missing"]))
                     if v.get("providers", {}).get("missing"):
-                        miss.append("EPs (chosen at run time): " + ", ".join(v["providers"]["missing"]))
+                        miss.append("EPs (chosen at run time): "
+                                    + ", ".join(v["providers"]["missing"]))
                     if v.get("gpu") and not v["available"]:
                         miss.append(v["gpu"])
+                    gate_only = f"gate only ({v.get('gate_backend')})"
                     here = "yes" if v["available"] else (
-                        f"gate only ({v['gate_backend']})" if v.get("gate_backend_available") else "no")
+                        gate_only if v.get("gate_backend_available") else "no")
                     t.add_row(v["name"] + (" (default)" if v["default"] else ""), v["backend"],
                               here, escape("; ".join(miss)) or "-")
                 console.print(t)

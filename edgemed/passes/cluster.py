@@ -32,6 +32,8 @@ class ClusterConfig(PassConfig):
     keep: tuple[str, ...] = Field((), description="globs of module names left unclustered")
     min_weights: int = Field(256, ge=1, description="smaller layers are left as they are")
     fit_samples: int = Field(20000, ge=100, description="weights sampled to fit k-means")
+    recalibrate_bn: bool = Field(True, description="recompute BatchNorm statistics on the "
+                                 "calibration inputs after clustering (BN is not clustered)")
 
 
 def _kmeans_1d(values: np.ndarray, k: int, fit_samples: int, seed: int) -> np.ndarray:
@@ -122,11 +124,13 @@ class ClusterWeights(Pass):
         return {"scikit-learn": sklearn.__version__}
 
     def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> Artifact:
-        from .torch_common import copy_module, remember_teacher
+        from .torch_common import copy_module, recalibrate_from_context, remember_teacher
 
         cfg: ClusterConfig = self.config  # type: ignore[assignment]
         model = copy_module(artifact, self.name)
         remember_teacher(ctx, artifact.payload)
         ctx.progress(f"{self.name}: k-means per layer (k <= {cfg.clusters or cfg.max_clusters})")
         self._record = cluster_model(model, cfg, ctx.seed)
+        if cfg.recalibrate_bn:
+            self._record["bn_recalibrated"] = recalibrate_from_context(model, ctx)
         return artifact.evolve(payload=model)

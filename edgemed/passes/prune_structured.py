@@ -36,6 +36,8 @@ class StructuredConfig(PassConfig):
     finetune_epochs: int = Field(0, ge=0)
     finetune_lr: float = Field(1e-4, gt=0)
     taylor_samples: int = Field(64, ge=1)
+    recalibrate_bn: bool = Field(True, description="recompute BatchNorm statistics on the "
+                                 "calibration inputs after pruning")
 
 
 def make_importance(kind: str) -> Any:
@@ -137,7 +139,8 @@ class PruneStructured(Pass):
 
         from ..finetune import FinetuneConfig, finetune
         from ..train import predict_logits
-        from .torch_common import copy_module, remember_teacher, train_arrays, val_arrays
+        from .torch_common import (copy_module, recalibrate_from_context, remember_teacher,
+                                   train_arrays, val_arrays)
 
         cfg: StructuredConfig = self.config  # type: ignore[assignment]
         model = copy_module(artifact, self.name)
@@ -170,6 +173,8 @@ class PruneStructured(Pass):
         with torch.no_grad():
             want = tuple(artifact.payload.eval()(example).shape)
         report = prune_channels(model, example, cfg, data=data, between_steps=recover)
+        if cfg.recalibrate_bn:
+            report["bn_recalibrated"] = recalibrate_from_context(model, ctx)
         with torch.no_grad():
             got = tuple(model(example).shape)
         if got != want:

@@ -31,6 +31,8 @@ class UnstructuredConfig(PassConfig):
     keep_first_conv: bool = True
     keep_classifier: bool = True
     keep: tuple[str, ...] = Field((), description="globs of module names never pruned")
+    recalibrate_bn: bool = Field(True, description="recompute BatchNorm statistics on the "
+                                 "calibration inputs after pruning")
 
 
 def schedule_sparsities(final: float, steps: int, kind: str) -> list[float]:
@@ -92,8 +94,8 @@ class PruneUnstructured(Pass):
 
     def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> Artifact:
         from ..finetune import FinetuneConfig, finetune
-        from .torch_common import (copy_module, remember_teacher, train_arrays, val_arrays,
-                                   weight_sparsity)
+        from .torch_common import (copy_module, recalibrate_from_context, remember_teacher,
+                                   train_arrays, val_arrays, weight_sparsity)
 
         cfg: UnstructuredConfig = self.config  # type: ignore[assignment]
         model = copy_module(artifact, self.name)
@@ -107,6 +109,8 @@ class PruneUnstructured(Pass):
         for i, s in enumerate(steps):
             ctx.progress(f"{self.name}: step {i + 1}/{len(steps)} to {s:.1%} sparsity")
             magnitude_prune(model, s, scope=cfg.scope, keep=keep)
+            if cfg.recalibrate_bn:
+                recalibrate_from_context(model, ctx)
             if data is not None:
                 res = finetune(model, data[0], data[1], FinetuneConfig(
                     epochs=cfg.finetune_epochs, full_lr=cfg.finetune_lr, seed=ctx.seed + i,

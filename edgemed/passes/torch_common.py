@@ -139,3 +139,12 @@ def state_bytes(model: Any) -> bytes:
     """The float32 weights of ``model`` concatenated (a size proxy independent of pickling)."""
     return b"".join(t.detach().cpu().float().numpy().tobytes()
                     for t in model.state_dict().values() if t.is_floating_point())
+
+
+def recalibrate_from_context(model: Any, ctx: BuildContext) -> bool:
+    """Recompute BatchNorm statistics on the calibration inputs (label-free); False if none."""
+    from ..finetune import recalibrate_bn
+
+    if ctx.calibration is None or len(ctx.calibration) == 0:
+        return False
+    return recalibrate_bn(model, ctx.calibration.astype(np.float32))

@@ -1,0 +1,148 @@
+"""OpenVINO backend: OpenVINO IR (NNCF INT8 or FP32) and ONNX / QDQ ONNX, read from memory.
+
+Models never touch disk in plaintext: an IR artifact is one "packed IR" blob (XML + weights, see
+``pack_ir``) read with ``Core.read_model(model=xml, weights=Tensor)``; ONNX bytes go through
+``ov.convert_model(BytesIO)`` (compiling ORT's QDQ DenseNet-121 through ``Core.read_model``
+crashed the process on this project's machine while ``convert_model`` worked). The model cache
+(CACHE_DIR) is always off. ``INFERENCE_PRECISION_HINT`` is ``f32`` unless the options say
+otherwise: on CPUs with AVX-512 BF16 (or AMX) OpenVINO silently runs FP32 layers in bf16
+without it, which is not the precision the accuracy gate validated.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import struct
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import BackendError, InvalidInputError
+from ..iospec import IOSpec
+from .base import Backend, BackendSession
+
+IR_MAGIC = b"EMOVIR1\0"
+_PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16"}
+_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+
+
+def pack_ir(xml: bytes, weights: bytes) -> bytes:
+    """Pack an IR's XML and weights into one blob: magic, u64 xml length, xml, weights."""
+    return IR_MAGIC + struct.pack("<Q", len(xml)) + xml + weights
+
+
+def unpack_ir(blob: bytes) -> tuple[bytes, bytes]:
+    """Split a packed IR into (xml, weights).
+
+    Raises:
+        InvalidInputError: the blob is not a packed IR.
+    """
+    head = len(IR_MAGIC) + 8
+    if len(blob) < head or blob[: len(IR_MAGIC)] != IR_MAGIC:
+        raise InvalidInputError("not a packed OpenVINO IR", expected="edgemed packed IR (EMOVIR1)",
+                                found=f"{len(blob)} bytes starting {blob[:8]!r}", code="bad-model")
+    (n,) = struct.unpack("<Q", blob[len(IR_MAGIC):head])
+    if head + n > len(blob):
+        raise InvalidInputError("truncated packed OpenVINO IR", expected=f">= {head + n} bytes",
+                                found=f"{len(blob)} bytes", code="bad-model")
+    return blob[head:head + n], blob[head + n:]
+
+
+def compile_properties(options: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenVINO compile properties from backend options.
+
+    Keys: ``threads`` (INFERENCE_NUM_THREADS, 0 = library default), ``precision``
+    (f32 (default) / bf16 / f16 / auto = no hint), ``performance_hint`` (LATENCY default),
+    ``num_streams`` (default 1). The model cache is always off.
+
+    Raises:
+        BackendError: an unknown precision or performance hint.
+    """
+    props: dict[str, Any] = {"CACHE_DIR": ""}
+    prec = str(options.get("precision", "f32")).lower()
+    if prec != "auto":
+        if prec not in _PRECISIONS:
+            raise BackendError("unknown OpenVINO precision", expected="f32, bf16, f16 or auto",
+                               found=prec, code="bad-option")
+        props["INFERENCE_PRECISION_HINT"] = _PRECISIONS[prec]
+    hint = str(options.get("performance_hint", "LATENCY")).upper()
+    if hint not in _HINTS:
+        raise BackendError("unknown OpenVINO performance hint", expected=", ".join(_HINTS),
+                           found=hint, code="bad-option")
+    props["PERFORMANCE_HINT"] = hint
+    threads = int(options.get("threads", 0) or 0)
+    if threads > 0:
+        props["INFERENCE_NUM_THREADS"] = threads
+    props["NUM_STREAMS"] = int(options.get("num_streams", 1) or 1)
+    return props
+
+
+def read_model(core: Any, model: bytes) -> Any:
+    """An ``ov.Model`` from packed-IR or ONNX bytes, in memory."""
+    import openvino as ov
+
+    if model[: len(IR_MAGIC)] == IR_MAGIC:
+        xml, weights = unpack_ir(model)
+        return core.read_model(model=xml, weights=ov.Tensor(np.frombuffer(weights, np.uint8)))
+    return ov.convert_model(_io.BytesIO(model))
+
+
+def _type_name(t: Any) -> str:
+    """``ov.Type`` -> its short name (``f32``, ``bf16``...)."""
+    return t.to_string() if hasattr(t, "to_string") else str(t)
+
+
+class _OvSession(BackendSession):
+    def __init__(self, compiled: Any) -> None:
+        self._compiled = compiled
+        self._req = compiled.create_infer_request()
+        self.input_names = tuple(next(iter(i.get_names()), f"input{k}")
+                                 for k, i in enumerate(compiled.inputs))
+        self.output_names = tuple(next(iter(o.get_names()), f"output{k}")
+                                  for k, o in enumerate(compiled.outputs))
+        self.details = {
+            "inference_precision": _type_name(compiled.get_property("INFERENCE_PRECISION_HINT")),
+            "execution_devices": list(compiled.get_property("EXECUTION_DEVICES")),
+        }
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            res = self._req.infer([np.ascontiguousarray(v) for v in feeds.values()])
+            return [np.array(res[o]) for o in self._compiled.outputs]
+        except Exception as exc:  # OpenVINO raises RuntimeError with its own text
+            raise BackendError(
+                "OpenVINO failed to run the model", found=f"{type(exc).__name__}: {exc}"[:500],
+                fix="check the input shape and dtype against session.inputs",
+            ) from None
+
+    def close(self) -> None:
+        self._req = None
+        self._compiled = None
+
+
+class OpenVinoBackend(Backend):
+    """Runs ``openvino-ir`` (packed), ``onnx`` and ``onnx-qdq`` artifacts with OpenVINO."""
+
+    name = "openvino"
+    formats = ("openvino-ir", "onnx", "onnx-qdq")
+    requires = ("openvino",)
+    modules = ("openvino",)
+
+    def open(self, model: bytes, io: IOSpec, options: Mapping[str, Any]) -> BackendSession:
+        import openvino as ov
+
+        props = compile_properties(options)
+        device = str(options.get("device", "CPU"))
+        core = ov.Core()
+        try:
+            ov_model = read_model(core, model)
+            compiled = core.compile_model(ov_model, device, props)
+        except InvalidInputError:
+            raise
+        except Exception as exc:
+            raise BackendError(
+                "OpenVINO cannot load the model", expected="packed OpenVINO IR or ONNX bytes",
+                found=f"{type(exc).__name__}: {exc}"[:500], code="model-load-failed",
+                fix=f"check that device {device!r} exists (Core().available_devices)",
+            ) from None
+        return _OvSession(compiled)

@@ -1,0 +1,110 @@
+"""OpenVINO backend: NNCF INT8 IR, FP32 IR and ORT's QDQ ONNX through the shared template; plus
+in-memory loading, the cache kept off, and the FP32 precision hint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgemed_runtime import BackendError, InvalidInputError
+from edgemed_runtime.backends.openvino import compile_properties, pack_ir, unpack_ir
+
+from .template import BackendContract
+
+pytest.importorskip("openvino")
+
+
+class TestOvNncfInt8(BackendContract):
+    backend = "openvino"
+    chain = [("quantize_openvino", {})]
+    expected_format = "openvino-ir"
+    options = {"precision": "f32"}
+
+    def test_int8_nodes_present(self, artifact: Any) -> None:
+        rec = artifact.provenance[-1]
+        assert rec["pass"] == "quantize_openvino" and rec["fake_quantize_nodes"] > 0
+        assert artifact.model_path.read_bytes()[:8] == b"EMOVIR1\0"
+
+
+class TestOvFp32(BackendContract):
+    """FP32 IR: with the f32 hint the outputs match onnxruntime FP32 to ~1e-5 even on a CPU
+    whose OpenVINO default would be bf16."""
+
+    backend = "openvino"
+    chain = [("convert_openvino", {})]
+    expected_format = "openvino-ir"
+    max_abs_diff = 1e-4
+    min_cosine = 0.99999
+
+    def test_precision_is_f32(self, session: Any) -> None:
+        assert session._session().details["inference_precision"] == "f32"
+
+
+class TestOvReadsQdqOnnx(BackendContract):
+    backend = "openvino"
+    chain = [("quantize_onnxruntime", {"activation_type": "uint8", "weight_type": "int8"})]
+    expected_format = "onnx-qdq"
+
+
+def test_bf16_cpu_default_would_not_be_fp32(run_chain: Any) -> None:
+    """On AVX-512 BF16 / AMX CPUs OpenVINO's own default runs FP32 models in bf16: the reason
+    the backend always sets a precision hint."""
+    import openvino as ov
+
+    from edgemed.targets import cpu_flags
+
+    if not {"avx512_bf16", "amx_bf16"} & cpu_flags():
+        pytest.skip("this CPU has no bf16 support: OpenVINO defaults to f32 here")
+    core = ov.Core()
+    model = core.read_model(str(run_chain([]).model_path))
+    default = core.compile_model(model, "CPU", {"CACHE_DIR": ""})
+    assert default.get_property("INFERENCE_PRECISION_HINT").to_string() == "bf16"
+
+
+def test_compile_properties() -> None:
+    p = compile_properties({"threads": 2})
+    assert p["INFERENCE_PRECISION_HINT"] == "f32" and p["CACHE_DIR"] == ""
+    assert p["INFERENCE_NUM_THREADS"] == 2 and p["PERFORMANCE_HINT"] == "LATENCY"
+    assert "INFERENCE_PRECISION_HINT" not in compile_properties({"precision": "auto"})
+    assert compile_properties({"precision": "bf16"})["INFERENCE_PRECISION_HINT"] == "bf16"
+    with pytest.raises(BackendError):
+        compile_properties({"precision": "int4"})
+    with pytest.raises(BackendError):
+        compile_properties({"performance_hint": "fast"})
+
+
+def test_packed_ir_round_trip_and_errors() -> None:
+    blob = pack_ir(b"<net/>", b"\x00\x01\x02")
+    assert unpack_ir(blob) == (b"<net/>", b"\x00\x01\x02")
+    with pytest.raises(InvalidInputError):
+        unpack_ir(b"not an ir")
+    with pytest.raises(InvalidInputError):
+        unpack_ir(blob[:12])
+
+
+def test_garbage_model_is_typed_error() -> None:
+    from edgemed_runtime.backends import get_backend
+    from edgemed_runtime.iospec import IOSpec
+
+    with pytest.raises((BackendError, InvalidInputError)):
+        get_backend("openvino").open(b"\x08\x07garbage", IOSpec(), {})
+
+
+def test_loads_from_memory_without_writing_files(run_chain: Any, tmp_path: Any,
+                                                 monkeypatch: Any) -> None:
+    """Opening a model writes nothing: no IR, no cache, wherever the process runs."""
+    from edgemed_runtime.api import open_artifact
+
+    import tempfile
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    for chain in ([("quantize_openvino", {})],  # packed IR
+                  [("quantize_onnxruntime", {"activation_type": "uint8"})]):  # QDQ ONNX bytes
+        art = run_chain(chain).evolve(backend="openvino")
+        with open_artifact(art, options={"threads": 1}) as s:
+            s.run({"input": np.zeros((1, 1, 16, 16), np.float32)})
+    assert list(tmp_path.iterdir()) == []
