@@ -125,6 +125,12 @@ class _Runner:
     def _step(self, key: str, pname: str, settings: Any, art: Artifact, label: str) -> Artifact:
         if key not in self.memo:
             p = get_pass_class(pname)(settings)
+            if art.format not in p.accepts:
+                raise ProfileError(
+                    f"variant {label!r}: pass {pname} cannot take a {art.format!r} model",
+                    expected=" / ".join(p.accepts), found=art.format, code="format-mismatch",
+                    fix="start the variant with export_onnx, or pass an ONNX model",
+                )
             self.ctx.progress(f"{label}: {pname}")
             wd = self.workdir / f"step{len(self.memo):02d}_{pname}"
             wd.mkdir(parents=True, exist_ok=True)
@@ -345,7 +351,6 @@ def _build_in(stage: Path, out_dir: Path, src: ModelSource, io: IOSpec, spec: Pr
         report = {"ok": False, "target": profile.name, "selection": selection,
                   "seconds": round(time.perf_counter() - t_start, 2)}
         _write_report_only(out_dir, report)
-        worst = next(iter(results.values()))[1]
         raise GateError(
             f"no candidate for {profile.name} passed the accuracy gate",
             expected=f"accuracy drop <= {gate_cfg.max_accuracy_drop}, AUC drop <= "

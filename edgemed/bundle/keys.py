@@ -8,10 +8,10 @@ X25519) or RSA-3072 (OAEP-SHA256).
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgemed_runtime.util import atomic_write_bytes
 from edgemed_runtime.bundle.keys import fingerprint, load_private_key, load_public_key, spki_pem
 
 from ..errors import InvalidInputError
@@ -32,20 +32,7 @@ class KeyPair:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_bytes(path, data, mode=mode)
 
 
 def generate_keypair(
