@@ -46,7 +46,7 @@ class BuildOptions:
     seed: int = 0
     threads: int | None = None
     select: str = "auto"  # "auto" (time if host matches), "default", or a variant name
-    timing_runs: int = 20
+    timing_runs: int = 30
     keep_reference: bool = True
     eval_batch: int = 16
     extras: dict[str, Any] = field(default_factory=dict)

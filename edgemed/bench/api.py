@@ -13,9 +13,24 @@ from edgemed_runtime.util import atomic_write_bytes
 
 from ..errors import InvalidInputError, ProfileError
 from .candidates import Candidate
-from .runner import BenchConfig, header, run_measurements, speed_ratios, summarize, unique_names
-from .sources import (BenchData, Source, build_source, looks_like_model_spec, resolve,
-                      synthetic_data, temp_workdir, user_data)
+from .runner import (
+    BenchConfig,
+    header,
+    run_measurements,
+    speed_ratios,
+    summarize,
+    unique_names,
+)
+from .sources import (
+    BenchData,
+    Source,
+    build_source,
+    looks_like_model_spec,
+    resolve,
+    synthetic_data,
+    temp_workdir,
+    user_data,
+)
 
 
 @dataclass(frozen=True)

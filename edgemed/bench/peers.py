@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-
 from edgemed_runtime.util import sha256_file
 
 from ..errors import ExportError
@@ -61,9 +60,8 @@ def _atomic_dir(final: Path, make: Callable[[Path], None]) -> None:
 
 
 def _ort_static(reference: Path, calib: np.ndarray, out_dir: Path) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, quantize_static
-
     import onnx
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
 
     name = onnx.load(str(reference), load_external_data=False).graph.input[0].name
 

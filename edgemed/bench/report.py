@@ -316,7 +316,7 @@ def _bench_sections(data: dict[str, Any]) -> list[str]:
         out.append("<h2>Ratios (same processes, interleaved; per-process median [min, max])</h2>")
         rr = []
         for r in rt:
-            def rng(k: str) -> str:
+            def rng(k: str, r: dict[str, Any] = r) -> str:
                 return f"{r[k]:.3f} [{r[k + '_range'][0]:.2f}, {r[k + '_range'][1]:.2f}]" if k in r else "-"
             rr.append([_e(r["name"]), rng("vs_fp32"), rng("vs_best_peer"), rng("vs_edgemed"),
                        _num(r.get("size_vs_fp32")), _num(r.get("top1_agreement")),

@@ -40,11 +40,11 @@ class BenchConfig:
     """How to measure. Defaults suit a 2-core machine: about a minute per four candidates."""
 
     threads: int = 2
-    runs: int = 100
+    runs: int = 60
     warmup: int = 10
     block: int = 10
     settle: int = 2
-    processes: int = 3
+    processes: int = 5
     cold_processes: int = 2
     batch_sizes: tuple[int, ...] = (1,)
     timeout_s: float = 600.0

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-
 from edgemed_runtime.artifact import ARTIFACT_FILE, Artifact
 from edgemed_runtime.preprocess import PreprocessSpec
 

@@ -85,13 +85,18 @@ def interleaved_latency(
     *,
     runs: int = 30,
     warmup: int = 3,
+    block: int = 10,
+    settle: int = 2,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, LatencyStats]:
-    """Time each zero-argument callable ``runs`` times, interleaved, after ``warmup`` calls each.
+    """Time each zero-argument callable ``runs`` times, in rotating turns, after ``warmup`` calls.
 
-    The order rotates every round (A B C, B C A, ...) so no candidate always runs first.
+    Each turn is ``settle`` untimed then ``block`` timed calls of one candidate (A A A B B B ...,
+    the order rotating every round). Strict A B A B (``block=1, settle=0``) evicts each model's
+    weights from the cache between calls and squeezes every ratio towards 1 on this kind of CPU.
     """
-    raw = interleaved_samples(candidates, runs=runs, warmup=warmup, progress=progress)
+    raw = interleaved_samples(candidates, runs=runs, warmup=warmup, block=block, settle=settle,
+                              progress=progress)
     return {n: LatencyStats.from_samples(s) for n, s in raw.items()}
 
 

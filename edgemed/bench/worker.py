@@ -150,7 +150,7 @@ def warm(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         if not ok:
             continue
         nb = max(5, runs // b)
-        sb = interleaved_samples({n: (lambda r=r: r.run(xb)) for n, r in ok.items()},
+        sb = interleaved_samples({n: (lambda r=r, xb=xb: r.run(xb)) for n, r in ok.items()},
                                  runs=nb, warmup=max(1, warmup // b), block=min(block, nb),
                                  settle=min(settle, 1))
         for n, s in sb.items():

@@ -131,12 +131,12 @@ def register(app: typer.Typer) -> None:
                                            "in the same processes (repeat)."),
         batch: str = typer.Option("1", "--batch", help="Batch sizes, e.g. 1,4,8."),
         threads: int = typer.Option(2, "--threads"),
-        runs: int = typer.Option(100, "--runs", help="Timed rounds per process."),
+        runs: int = typer.Option(60, "--runs", help="Timed calls per candidate per process."),
         warmup: int = typer.Option(10, "--warmup"),
         block: int = typer.Option(10, "--block", help="Timed calls per turn (A x block, B x block, "
                                   "...); 1 = strict A B A B."),
         settle: int = typer.Option(2, "--settle", help="Untimed calls at the start of each turn."),
-        processes: int = typer.Option(3, "--processes", help="Fresh processes for warm timing."),
+        processes: int = typer.Option(5, "--processes", help="Fresh processes for warm timing."),
         cold: int = typer.Option(2, "--cold", help="Fresh processes per candidate for cold start."),
         target: Optional[str] = typer.Option(None, "--target", help="Profile whose budgets apply."),
         calib: Optional[Path] = typer.Option(None, "--calib", help="DICOM folder or .npy (default: "
