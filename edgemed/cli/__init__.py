@@ -22,7 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-MODULES = ("build", "predict", "inspect", "demo", "release", "bundle", "dataset", "deid", "targets", "bench", "report")
+MODULES = ("build", "predict", "inspect", "demo", "release", "bundle", "dataset", "deid", "targets", "bench", "report", "search")
 
 
 def _register_all() -> None:

@@ -60,7 +60,6 @@ def magnitude_prune(model: Any, sparsity: float, *, scope: str = "global",
 
     Already-zero weights count as pruned, so calling with growing sparsities follows a schedule.
     """
-    import torch
     from torch.nn.utils import prune
 
     from .torch_common import prunable_layers
@@ -76,7 +75,6 @@ def magnitude_prune(model: Any, sparsity: float, *, scope: str = "global",
             prune.l1_unstructured(m, name, amount=sparsity)
     for m, name in params:
         prune.remove(m, name)
-    del torch
 
 
 class PruneUnstructured(Pass):

@@ -147,7 +147,6 @@ def fold_weight_quantizers(data: bytes) -> tuple[bytes, int]:
 
 def prepare_qat(model: Any, example: Any, activation_type: str = "uint8") -> Any:
     """Fold BatchNorm, then insert fake-quantisers (torch.ao FX); returns a GraphModule."""
-    import torch
     from torch.ao.quantization import QConfigMapping
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
     from torch.fx.experimental.optimization import fuse
@@ -158,7 +157,6 @@ def prepare_qat(model: Any, example: Any, activation_type: str = "uint8") -> Any
         warnings.simplefilter("ignore")
         return prepare_qat_fx(model, QConfigMapping().set_global(_qconfig(activation_type)),
                               (example,))
-    del torch
 
 
 class QuantizationAwareTraining(Pass):
@@ -180,7 +178,7 @@ class QuantizationAwareTraining(Pass):
         from torch.ao.quantization import disable_observer
 
         from ..finetune import finetune
-        from .export_onnx import check_onnx, cosine
+        from .export_onnx import check_onnx
         from .torch_common import copy_module, remember_teacher, train_arrays, val_arrays
 
         cfg: QATConfig = self.config  # type: ignore[assignment]
@@ -227,7 +225,6 @@ class QuantizationAwareTraining(Pass):
         atomic_write_bytes(out, data)
         self._record = {"parity": parity, "bytes": len(data), "int8_weights": folded,
                         **({"finetune": history} if history else {})}
-        del cosine
         return artifact.evolve(path=Path(workdir), model_file=out.name, format="onnx-qdq",
                                payload=None)
 

@@ -183,8 +183,6 @@ class _Evaluator:
     """Builds and measures one candidate; holds the FP32 reference."""
 
     def __init__(self, task: SearchTask, cfg: SearchConfig, out: Path) -> None:
-        import torch
-
         from edgemed_runtime.artifact import Artifact
         from edgemed_runtime.iospec import IOSpec
 
@@ -209,7 +207,6 @@ class _Evaluator:
         self.reference = {"accuracy": float((self.ref_logits.argmax(1) == y).mean()),
                           "size_zlib_bytes": self.ref_size,
                           "size_bytes": self.ref_path.stat().st_size}
-        del torch
 
     def _run_chain(self, steps: list[tuple[str, dict[str, Any]]], workdir: Path) -> Any:
         from ..passes.base import get_pass_class
