@@ -132,3 +132,21 @@ def test_non_finite_item_is_named(calib: np.ndarray) -> None:
     with pytest.raises(CalibrationError) as ei:
         to_arrays(bad, IO, SPEC)
     assert "item 5" in ei.value.message and ei.value.code == "non-finite"
+
+
+def test_compact_names_shrinks_file_and_keeps_outputs(fp32: Artifact, calib: np.ndarray,
+                                                      tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    long = QuantizeOnnxRuntime({"compact_names": False})(fp32, tmp_path / "a",
+                                                         BuildContext(calibration=calib))
+    short = QuantizeOnnxRuntime({"compact_names": True})(fp32, tmp_path / "b",
+                                                         BuildContext(calibration=calib))
+    assert short.model_path.stat().st_size < long.model_path.stat().st_size
+    m = onnx.load(str(short.model_path))
+    assert [i.name for i in m.graph.input] == ["input"] and m.graph.output[0].name == "logits"
+    assert all(n.name.startswith("n") for n in m.graph.node)
+    x = calib[:4]
+    run = lambda a: ort.InferenceSession(str(a.model_path), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x})[0]
+    np.testing.assert_array_equal(run(short), run(long))

@@ -35,6 +35,7 @@ class QuantizeConfig(PassConfig):
     keep_fp32_nodes: tuple[str, ...] = ()
     keep_fp32_op_types: tuple[str, ...] = ()
     pre_process: bool = True
+    compact_names: bool = True
     max_calibration_samples: int = Field(128, ge=1)
 
 
@@ -132,6 +133,13 @@ class QuantizeOnnxRuntime(Pass):
             pre.unlink(missing_ok=True)
             (workdir / "calibration_ranges.json").unlink(missing_ok=True)
             (workdir / "augmented.onnx").unlink(missing_ok=True)
+        if cfg.compact_names:
+            import onnx
+
+            from ..onnx_names import compact_names
+
+            model = compact_names(onnx.load(str(tmp_out)))
+            onnx.save(model, str(tmp_out))
         tmp_out.replace(out)
         self._record = {"calibration_samples": int(len(calib))}
         return artifact.evolve(path=workdir, model_file=out.name, format="onnx-qdq")
