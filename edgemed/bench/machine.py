@@ -146,12 +146,18 @@ class LoadMonitor:
         sys0, own0 = psutil.cpu_times(), self._tree_seconds()
         first = sys0
         w0 = time.monotonic()
-        while not self._stop.wait(self.interval):
+        cores = float(psutil.cpu_count() or 1)
+        stopping = False
+        while not stopping:
+            # the last sample covers the time since the previous one, so a short run still
+            # gets one sample even when the sampler thread was starved
+            stopping = self._stop.wait(self.interval)
             sys1, own1, w1 = psutil.cpu_times(), self._tree_seconds(), time.monotonic()
             others = (_busy_seconds(sys1) - _busy_seconds(sys0)) - (own1 - own0)
-            if w1 > w0:
-                self._others.append(max(0.0, others / (w1 - w0)))
-            sys0, own0, w0 = sys1, own1, w1
+            if w1 - w0 > 0.05 or (stopping and not self._others and w1 > w0):
+                # tick granularity (10 ms) over short windows can overshoot: clamp to the machine
+                self._others.append(min(cores, max(0.0, others / (w1 - w0))))
+                sys0, own0, w0 = sys1, own1, w1
         last = psutil.cpu_times()
         total = sum(last) - sum(first)
         self._steal = 100.0 * (getattr(last, "steal", 0.0) - getattr(first, "steal", 0.0)) / total \
