@@ -47,6 +47,7 @@ class BuildOptions:
     threads: int | None = None
     select: str = "auto"  # "auto" (time if host matches), "default", or a variant name
     timing_runs: int = 30
+    tie_tolerance: float = 0.05
     keep_reference: bool = True
     eval_batch: int = 16
     extras: dict[str, Any] = field(default_factory=dict)
@@ -364,9 +365,12 @@ def _build_in(stage: Path, out_dir: Path, src: ModelSource, io: IOSpec, spec: Pr
         say("timing the candidates on this host")
         timings = _time_variants({n: results[n][0] for n in passing}, reference, val_x[:1],
                                  threads, opts.timing_runs)
-        chosen = min(passing, key=lambda n: timings[n]["p50"])
+        best = min(timings[n]["p50"] for n in passing)
+        # candidates within the tie tolerance of the fastest count as equally fast: the first in
+        # the profile's order wins, so re-running a build does not flip on timing noise
+        chosen = next(n for n in passing if timings[n]["p50"] <= best * (1 + opts.tie_tolerance))
         why = (f"fastest of {len(passing)} candidates that passed the gate, timed on this host "
-               f"({match_why})")
+               f"({match_why}); ties within {opts.tie_tolerance:.0%} go to the profile's order")
     else:
         chosen = passing[0]
         if match and reference is not None and val_x is not None:

@@ -192,24 +192,25 @@ def _release_target(cfg: ReleaseConfig, target: str, o: TargetOutcome, state: St
     from .device_check import verify_as_device
 
     profile = load_target(target)
+    name = profile.name  # a target may be given as a .toml path: name files after the profile
     gate = profile.gate.model_copy(update={k: v for k, v in cfg.gate.model_dump().items()
                                            if v is not None})
-    tdir = out / "targets" / target
+    tdir = out / "targets" / name
     art_dir = tdir / "artifact"
     build_key = content_key("build", src.sha256, data_key, profile.sha256, gate.model_dump(),
                             list(labels), spec.to_dict(), list(cfg.model.input))
-    if state.done(f"{target}/build", build_key, [art_dir / "artifact.json"]) is not None:
+    if state.done(f"{name}/build", build_key, [art_dir / "artifact.json"]) is not None:
         o.steps["build"] = "skipped (unchanged)"
         say(f"{target}: build unchanged, skipped")
         art = Artifact.load(art_dir)
     else:
-        state.forget(f"{target}/build")
+        state.forget(f"{name}/build")
         art = build(src.module if src.kind == "torch" else src.onnx_path, input_shape=cfg.model.input,
                     calibration=calib_x, validation=validation, target=profile, out=art_dir,
                     labels=labels, preprocess=spec, gate=gate,
                     options=BuildOptions(seed=cfg.data.seed),
                     progress=lambda m: say(f"{target}: {m}"))
-        state.record(f"{target}/build", build_key, {"artifact": str(art_dir)})
+        state.record(f"{name}/build", build_key, {"artifact": str(art_dir)})
         o.steps["build"] = "ran"
     sel = next((r for r in art.provenance if r.get("pass") == "select_variant"), {})
     o.artifact, o.chosen, o.why = str(art_dir), sel.get("chosen"), sel.get("why")
@@ -218,12 +219,12 @@ def _release_target(cfg: ReleaseConfig, target: str, o: TargetOutcome, state: St
 
     pub = cfg.path(cfg.signing.publisher_pub)
     devices = [Recipient.load(str(cfg.path(d))) for d in cfg.signing.devices]
-    bundle_dir = out / "bundles" / f"{cfg.release.family}-{target}-{cfg.release.version}"
-    family = f"{cfg.release.family}-{target}"
+    bundle_dir = out / "bundles" / f"{cfg.release.family}-{name}-{cfg.release.version}"
+    family = f"{cfg.release.family}-{name}"
     seal_key = content_key("seal", build_key, tree_key((art_dir).rglob("*")),
                            cfg.release.model_dump(mode="json"), [d.fingerprint for d in devices],
                            Path(pub).read_bytes().decode())  # type: ignore[arg-type]
-    if state.done(f"{target}/seal", seal_key, [bundle_dir / "bundle.json"]) is not None:
+    if state.done(f"{name}/seal", seal_key, [bundle_dir / "bundle.json"]) is not None:
         o.steps["seal"] = "skipped (unchanged)"
     else:
         say(f"{target}: sealing for {len(devices)} device(s)")
@@ -234,18 +235,18 @@ def _release_target(cfg: ReleaseConfig, target: str, o: TargetOutcome, state: St
                                  version=cfg.release.version, hardware_ids=cfg.release.hardware_ids,
                                  expires=datetime.now(timezone.utc)
                                  + timedelta(days=cfg.release.expiry_days)))
-        state.record(f"{target}/seal", seal_key, {"bundle": str(bundle_dir)})
+        state.record(f"{name}/seal", seal_key, {"bundle": str(bundle_dir)})
         o.steps["seal"] = "ran"
     o.bundle = str(bundle_dir)
 
     check_key = content_key("device-check", seal_key, tree_key(bundle_dir.rglob("*")))
-    cached = state.done(f"{target}/device-check", check_key)
+    cached = state.done(f"{name}/device-check", check_key)
     if cached is not None:
         o.device_check, o.steps["device-check"] = cached, "skipped (unchanged)"
     else:
         o.device_check = _device_check(cfg, bundle_dir, art, dicom_file, say, target,
                                        verify_as_device)
-        state.record(f"{target}/device-check", check_key, o.device_check)
+        state.record(f"{name}/device-check", check_key, o.device_check)
         o.steps["device-check"] = "ran"
     if not o.device_check.get("ok"):
         raise_from = o.device_check.get("error") or {}
@@ -261,12 +262,12 @@ def _release_target(cfg: ReleaseConfig, target: str, o: TargetOutcome, state: St
         o.steps["bench"] = "not run"
     else:
         bench_key = content_key("bench", check_key, cfg.bench.model_dump())
-        cached = state.done(f"{target}/bench", bench_key, [tdir / "bench.json"])
+        cached = state.done(f"{name}/bench", bench_key, [tdir / "bench.json"])
         if cached is not None:
             o.latency, o.steps["bench"] = cached, "skipped (unchanged)"
         else:
             o.latency = _bench(cfg, bundle_dir, art_dir, dicom_file, tdir, say, target)
-            state.record(f"{target}/bench", bench_key, o.latency)
+            state.record(f"{name}/bench", bench_key, o.latency)
             o.steps["bench"] = "ran"
 
     reg = Registry(out / "registry.sqlite")

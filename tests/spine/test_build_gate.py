@@ -41,8 +41,9 @@ def test_candidates_timed_and_choice_recorded(tiny_artifact: edgemed.Artifact) -
     timed = sel["timings_ms"]
     passed = [n for n, g in sel["candidates"].items() if g["passed"]]
     assert set(passed) | {"fp32-reference"} == set(timed)
-    fastest = min(passed, key=lambda n: timed[n]["p50"])
-    assert sel["chosen"] == fastest == tiny_artifact.target["variant"]
+    best = min(timed[n]["p50"] for n in passed)
+    first_within_5pct = next(n for n in passed if timed[n]["p50"] <= best * 1.05)
+    assert sel["chosen"] == first_within_5pct == tiny_artifact.target["variant"]
     assert "fastest" in sel["why"]
     gate = tiny_artifact.metrics["gate"]
     assert gate["passed"] and gate["labelled"] and gate["n"] == 64
