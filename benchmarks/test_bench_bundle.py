@@ -15,6 +15,7 @@ medians are printed too. (The no-plaintext-on-disk bar is tests/bundle/test_roun
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,9 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Big:
     payloads = sorted((b / "payload").iterdir(), key=lambda p: p.stat().st_size)
     ct = payloads[-1].read_bytes()
     assert len(ct) > 44 * MIB
+    # dense weights: compression "auto" keeps them stored as is (the zero-copy open path)
+    man = json.loads((b / "bundle.json").read_bytes())
+    assert [p["compression"] for p in man["payloads"] if p["role"] == "weights"] == ["none"]
     return Big(art_dir / "model.onnx", b, b2, pub.public_path, dev.private_path, d / "state",
                sum(p.stat().st_size for p in payloads), ct)
 

@@ -103,6 +103,7 @@ def register(app: typer.Typer) -> None:
         expires_days: int = typer.Option(365, "--expires-days", help="days until devices refuse it"),
         hardware_id: List[str] = typer.Option([], "--hardware-id", help="allowed hardware id (repeat; none = any)"),
         min_runtime: Optional[str] = typer.Option(None, "--min-runtime", help="oldest runtime version allowed"),
+        compression: str = typer.Option("auto", "--compression", help="payload compression before encryption: auto (zlib where it saves >= 20%) | zlib | none"),
         passphrase_env: Optional[str] = typer.Option(None, "--passphrase-env", help="passphrase of the publisher key"),
         overwrite: bool = typer.Option(False, "--overwrite"),
         register_it: bool = typer.Option(True, "--register/--no-register", help="record it in the registry"),
@@ -120,7 +121,8 @@ def register(app: typer.Typer) -> None:
             created = datetime.now(timezone.utc).replace(microsecond=0)
             opts = SealOptions(family=family, release=release, version=version,
                                expires=created + timedelta(days=expires_days),
-                               hardware_ids=tuple(hardware_id), min_runtime_version=min_runtime)
+                               hardware_ids=tuple(hardware_id), min_runtime_version=min_runtime,
+                               compression=compression)
             path = seal(artifact, out, publisher_key=publisher_key, options=opts,
                         recipients=[Recipient.load(d) for d in device], created=created,
                         publisher_key_password=_passphrase(passphrase_env, False),
@@ -132,7 +134,9 @@ def register(app: typer.Typer) -> None:
                 Registry(registry).add(path)
             d = {"bundle": str(path), "bundle_id": info["bundle_id"], "family": family,
                  "release": release, "expires": info["expires"],
-                 "devices": len(info["devices"]), "registered": register_it}
+                 "devices": len(info["devices"]), "registered": register_it,
+                 "compressed": sorted(f["name"] for f in info["manifest"]["payloads"]
+                                      if f.get("compression", "none") != "none")}
             if as_json:
                 print_json({"ok": True, **d})
             else:

@@ -80,3 +80,17 @@ def test_cli_refusals_exit_2(app: typer.Typer, keys: Keys, pristine: dict[str, P
     assert code == 2 and json.loads(out)["error"]["code"] == "unknown-bundle"
     code, _ = _run(app, "keys", "generate", "--kind", "wizard", "--out", tmp_path)
     assert code == 2
+
+
+def test_cli_compression_option(app: typer.Typer, keys: Keys, artifact: object, tmp_path: Path) -> None:
+    base = ("bundle", artifact.path, "--publisher-key", keys.publisher.private_path,  # type: ignore[attr-defined]
+            "--device", keys.device.public_path, "--family", "tiny", "--release", 3, "--no-register",
+            "--json")
+    for mode, codec in (("zlib", "zlib"), ("none", "none"), ("auto", "none")):
+        code, out = _run(app, *base, "--out", tmp_path / mode, "--compression", mode)
+        assert code == 0, out
+        assert json.loads(out)["compressed"] == (["model.onnx"] if codec == "zlib" else [])
+        man = json.loads((tmp_path / mode / "bundle.json").read_bytes())
+        assert man["payloads"][0]["compression"] == codec
+    code, out = _run(app, *base, "--out", tmp_path / "bad", "--compression", "brotli")
+    assert code == 2 and json.loads(out)["error"]["code"] == "bad-compression"

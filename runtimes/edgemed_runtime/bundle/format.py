@@ -31,6 +31,8 @@ MAX_PAYLOAD_BYTES = 8 << 30  # one payload's declared plaintext length
 MAX_FILES = 64  # signed files (bundle.json + payloads)
 MIN_CHUNK, MAX_CHUNK = 4 << 10, 16 << 20
 DEFAULT_CHUNK = 1 << 20
+# Payload compression (applied before encryption; docs/bundle-format.md "Compression").
+COMPRESSIONS = ("none", "zlib")
 
 # OMS: the reference verifier ignores these paths; keys/ is added after signing.
 OMS_IGNORE_PATHS = (".git", ".gitattributes", ".github", ".gitignore", KEYS_DIR, SIGNATURE_FILE)
@@ -115,9 +117,14 @@ class PayloadEntry:
         name: the plaintext file name it decrypts to (only in memory).
         role: ``"model"`` (the file the backend loads), ``"weights"`` (the model's large
             tensors, see weights.py; onnxruntime only) or ``"extra"``.
-        plaintext_length: bytes after decryption.
+        plaintext_length: bytes under encryption, i.e. after decryption (the *stored* bytes:
+            the compressed stream when ``compression`` is not ``"none"``); bound by the AAD.
         chunk_size: plaintext bytes per chunk (the last chunk may be shorter or empty).
         ciphertext_length: exact size of the encrypted file.
+        compression: ``"none"`` (absent in bundle.json: same) or ``"zlib"`` (RFC 1950 stream,
+            decompressed after decryption).
+        uncompressed_length: with compression, the exact size after decompression (signed;
+            a device refuses any other size); None without compression.
     """
 
     path: str
@@ -125,6 +132,22 @@ class PayloadEntry:
     role: str
     plaintext_length: int
     chunk_size: int
+    compression: str = "none"
+    uncompressed_length: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.compression not in COMPRESSIONS or \
+                (self.compression == "none") != (self.uncompressed_length is None):
+            raise IntegrityError("payload compression fields are inconsistent",
+                                 expected="compression none without uncompressed_length, or "
+                                 "zlib with it",
+                                 found=f"{self.compression!r}, {self.uncompressed_length!r}",
+                                 code="manifest-invalid")
+
+    @property
+    def size(self) -> int:
+        """Bytes the payload finally decodes to (after decryption and decompression)."""
+        return self.plaintext_length if self.uncompressed_length is None else self.uncompressed_length
 
     @property
     def chunks(self) -> int:
@@ -136,9 +159,14 @@ class PayloadEntry:
         return self.plaintext_length + 16 * self.chunks
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "name": self.name, "role": self.role,
-                "plaintext_length": self.plaintext_length, "chunk_size": self.chunk_size,
-                "ciphertext_length": self.ciphertext_length}
+        d: dict[str, Any] = {"path": self.path, "name": self.name, "role": self.role,
+                             "plaintext_length": self.plaintext_length,
+                             "chunk_size": self.chunk_size,
+                             "ciphertext_length": self.ciphertext_length,
+                             "compression": self.compression}
+        if self.uncompressed_length is not None:
+            d["uncompressed_length"] = self.uncompressed_length
+        return d
 
 
 @dataclass(frozen=True)
@@ -242,10 +270,26 @@ def parse_manifest(data: bytes) -> BundleManifest:
         path = check_relpath(_str(p, "path", 255), what="payload path")
         if not path.startswith(PAYLOAD_DIR + "/"):
             raise IntegrityError("payload outside payload/", found=path, code="unsafe-path")
+        codec = p.get("compression", "none")  # absent: a bundle sealed before compression
+        if codec not in COMPRESSIONS:
+            raise BundleError(
+                "payload uses a compression this runtime does not read",
+                expected=" or ".join(COMPRESSIONS), found=repr(codec)[:64],
+                fix="upgrade edgemed_runtime, or re-seal with --compression none",
+                code="unsupported-compression",
+            )
+        if codec == "none":
+            if "uncompressed_length" in p:
+                raise _bad("uncompressed_length given for an uncompressed payload",
+                           p["uncompressed_length"])
+            ulen = None
+        else:
+            ulen = _int(p, "uncompressed_length", 0, MAX_PAYLOAD_BYTES)
         entry = PayloadEntry(
             path=path, name=check_relpath(_str(p, "name", 128), what="payload name"),
             role=_str(p, "role", 16), plaintext_length=_int(p, "plaintext_length", 0, MAX_PAYLOAD_BYTES),
-            chunk_size=_int(p, "chunk_size", MIN_CHUNK, MAX_CHUNK),
+            chunk_size=_int(p, "chunk_size", MIN_CHUNK, MAX_CHUNK), compression=codec,
+            uncompressed_length=ulen,
         )
         if p.get("ciphertext_length") != entry.ciphertext_length:
             raise IntegrityError(

@@ -35,6 +35,7 @@ from ..errors import (
 from ..iospec import IOSpec
 from ..preprocess import PreprocessSpec
 from ..session import Session
+from .compress import decompress_payload
 from .container import BundleFiles, FileRef, read_bundle
 from .crypto import (
     check_commitment,
@@ -262,7 +263,15 @@ def _decrypt(vb: VerifiedBundle, device_key: Any, password: str | bytes | None,
                 src = _read_ref(src)
             if p.path in vb.pending:
                 checker.submit(p.path, src)
-            out[p.name] = decrypt_stream(dk, m.bundle_id_bytes, p, m.release, src)
+            plain = decrypt_stream(dk, m.bundle_id_bytes, p, m.release, src)
+            if p.compression != "none":
+                # authenticated above; inflate with a hard cap at the signed size
+                try:
+                    out[p.name] = decompress_payload(p, plain)
+                finally:
+                    wipe({"stored": plain})
+            else:
+                out[p.name] = plain
     except BaseException:
         wipe(out)
         checker.result()  # a digest mismatch explains the failure better
@@ -432,7 +441,7 @@ def inspect_bundle(path: str | os.PathLike[str], *, trust: Any = None) -> dict[s
     Returns a JSON-ready dict: ``kind`` ("bundle"), ``path``, ``archive``, ``verified``, the main
     bundle.json fields at top level (bundle_id, family, release, version, expires, format,
     backend, target, io, preprocess, labels, metrics, provenance...), ``model_file`` and
-    ``size_bytes`` (plaintext), ``files`` (``{path: {"bytes", "sha256_signed"}}``), ``devices``
+    ``size_bytes`` (plaintext, after any decompression), ``files`` (``{path: {"bytes", "sha256_signed"}}``), ``devices``
     (one per wrapped key: ``recipient``, ``device_id``, ``scheme``) and ``manifest`` (all of
     bundle.json).
 
@@ -464,7 +473,7 @@ def inspect_bundle(path: str | os.PathLike[str], *, trust: Any = None) -> dict[s
                                   "expires", "format", "backend", "hardware_ids", "target", "io",
                                   "preprocess", "labels", "metrics", "provenance")},
         "model_file": m.model_payload.name,
-        "size_bytes": sum(p.plaintext_length for p in m.payloads if p.role != "extra"),
+        "size_bytes": sum(p.size for p in m.payloads if p.role != "extra"),
         "files": {p: {"bytes": len(b), "sha256_signed": signed.get(p)} for p, b in
                   sorted(files.files.items())},
         "devices": devices,
