@@ -187,7 +187,7 @@ def run_demo(out: str | os.PathLike[str] = "edgemed-demo", config: DemoConfig = 
         preds = []
         for p, lab in zip(test_files, yt[: len(test_files)]):
             probs = s8.predict(str(p))[0]
-            preds.append({"file": str(p.relative_to(root)), "label": names[int(lab)],
+            preds.append({"file": os.path.relpath(p, root.resolve()), "label": names[int(lab)],
                           "predicted": names[int(probs.argmax())], "p_lesion": round(float(probs[1]), 4)})
     return DemoResult(
         out=root, artifact=art.path,

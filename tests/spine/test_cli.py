@@ -118,8 +118,9 @@ def tmp_artifact_dir(tiny_artifact) -> Path:  # type: ignore[no-untyped-def]
     return Path(tiny_artifact.path)
 
 
-def test_demo_small(tmp_path: Path) -> None:
-    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--epochs", "3", "--patients", "8",
+def test_demo_small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a relative --out, as in the README's `edgemed demo`
+    r = runner.invoke(app, ["demo", "--out", "d", "--epochs", "3", "--patients", "8",
                             "--targets", "cpu-x86", "--json"])
     assert r.exit_code == 0, r.output
     d = _json(r)

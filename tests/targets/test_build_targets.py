@@ -29,11 +29,15 @@ def test_cpu_x86_tries_onnxruntime_and_openvino(tiny_artifact: Any) -> None:
                                       "ov-nncf-int8-mixed", "ov-qdq-u8s8"} \
         or not sel["host_matches_target"]
     if sel["host_matches_target"]:
-        passing = [n for n, g in sel["candidates"].items() if g["passed"]]
+        from edgemed.targets import load_target
+
+        order = [v.name for v in load_target("cpu-x86").variants]  # manifest JSON is key-sorted
+        passing = [n for n in order if n in sel["candidates"] and sel["candidates"][n]["passed"]]
         assert set(passing) <= set(sel["timings_ms"]) and sel["chosen"] in passing
         assert sel["gated_with"]["ov-nncf-int8"]["backend"] == "openvino"
-        fastest = min(passing, key=lambda n: sel["timings_ms"][n]["p50"])
-        assert sel["chosen"] == fastest
+        best = min(sel["timings_ms"][n]["p50"] for n in passing)
+        # ties within 5% of the fastest go to the profile's order (reproducible builds)
+        assert sel["chosen"] == next(n for n in passing if sel["timings_ms"][n]["p50"] <= best * 1.05)
 
 
 @pytest.mark.skipif(host_matches(load_target("gpu-cuda"))[0], reason="this host has a GPU")
