@@ -149,3 +149,24 @@ def test_sentinel_never_in_messages_logs_or_warnings(tmp_path, caplog, capfd):
     assert any(r.path == "bad_values.dcm" for r in records)
     for text in messages:
         assert "ZZSENTINEL" not in text, text[:200]
+
+
+def test_codestream_declaring_a_huge_image_is_refused_before_decoding(tmp_path):
+    """The DICOM header passes the pixel budget, but the JPEG 2000 SIZ marker asks for more."""
+    from pydicom.data import get_testdata_file
+
+    from edgemed_runtime.dicom import read_image
+    from edgemed_runtime.errors import InvalidInputError
+
+    src = get_testdata_file("MR_small_jp2klossless.dcm")
+    data = bytearray(open(src, "rb").read())
+    siz = data.find(b"\xff\x4f\xff\x51") + 2
+    data[siz + 6:siz + 14] = (60000).to_bytes(4, "big") + (60000).to_bytes(4, "big")  # Xsiz, Ysiz
+    path = tmp_path / "bomb.dcm"
+    path.write_bytes(bytes(data))
+    try:
+        read_image(path)
+    except InvalidInputError as exc:
+        assert exc.code == "codestream-size" and "60000x60000" in exc.found
+    else:
+        raise AssertionError("a 60000x60000 codestream in a 64x64 image was decoded")

@@ -112,7 +112,7 @@ def decode_frame(ds: "Dataset", geo: Geometry, frame: int | None) -> np.ndarray:
         arr = native_frame(ds, geo, frame)
         if arr is not None:
             return arr
-
+    check_codestream_sizes(ds, geo, frame)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -130,6 +130,59 @@ def decode_frame(ds: "Dataset", geo: Geometry, frame: int | None) -> np.ndarray:
             found=type(exc).__name__, fix="the file is corrupt, or re-export it uncompressed",
         ) from None
     return arr
+
+
+def _declared_size(codestream: bytes) -> tuple[int, int] | None:
+    """(width, height) a JPEG 2000 (SIZ) or JPEG (SOFn) codestream declares, or None."""
+    j = codestream.find(b"\xff\x4f\xff\x51")
+    if j >= 0 and len(codestream) >= j + 24:
+        siz = j + 2
+        xsiz, ysiz, xo, yo = (int.from_bytes(codestream[siz + k:siz + k + 4], "big")
+                              for k in (6, 10, 14, 18))
+        return max(0, xsiz - xo), max(0, ysiz - yo)
+    i = 2 if codestream[:2] == b"\xff\xd8" else -1
+    while 0 <= i < min(len(codestream) - 9, 1 << 16):
+        if codestream[i] != 0xFF:
+            return None
+        marker = codestream[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) or marker == 0xF7:
+            h = int.from_bytes(codestream[i + 5:i + 7], "big")
+            w = int.from_bytes(codestream[i + 7:i + 9], "big")
+            return w, h
+        i += 2 + int.from_bytes(codestream[i + 2:i + 4], "big")
+    return None
+
+
+def check_codestream_sizes(ds: "Dataset", geo: Geometry, frame: int | None) -> None:
+    """Refuse compressed frames whose codestream declares a larger image than Rows x Columns.
+
+    The pixel budget is checked on the DICOM attributes; a hostile codestream could still ask
+    the decoder for a gigantic buffer. Raises InvalidInputError ``codestream-size``.
+    """
+    from pydicom.uid import UID
+
+    if not UID(geo.transfer_syntax).is_encapsulated or "PixelData" not in ds:
+        return
+    try:
+        from pydicom.encaps import get_frame
+
+        frames = [frame] if frame is not None else range(geo.frames)
+        heads = [bytes(get_frame(ds.PixelData, f, number_of_frames=geo.frames)[:65536])
+                 for f in frames]
+    except Exception:
+        return  # not encapsulated as expected: the decoder reports it
+    for head in heads:
+        size = _declared_size(head)
+        if size is not None and size[0] * size[1] > geo.rows * geo.columns:
+            raise InvalidInputError(
+                "the compressed image is larger than the DICOM header says",
+                expected=f"at most {geo.columns}x{geo.rows} (Columns x Rows)",
+                found=f"a codestream declaring {size[0]}x{size[1]}", code="codestream-size",
+                fix="the file is corrupt or hostile; re-export it",
+            )
 
 
 def _j2k_header(codestream: bytes) -> tuple[int, bool, int] | None:
