@@ -55,6 +55,38 @@ def check_onnx(data: bytes) -> Any:
         ) from None
 
 
+def export_torch(module: Any, io_spec: Any, opset: int, code: str = "export-failed") -> bytes:
+    """Export ``module`` with the TorchScript exporter (one file, dynamic batch); return bytes.
+
+    Raises:
+        ExportError: the model cannot be traced or exported (``code``).
+    """
+    import torch
+
+    example = torch.zeros(io_spec.input_shape, dtype=torch.float32)
+    dyn = {io_spec.input_name: {0: "batch"}, **{o: {0: "batch"} for o in io_spec.output_names}}
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module.eval(), (example,), buf, opset_version=opset, dynamo=False,
+                input_names=[io_spec.input_name], output_names=list(io_spec.output_names),
+                dynamic_axes=dyn if io_spec.dynamic_batch else None, do_constant_folding=True,
+            )
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ExportError(
+            "the model could not be exported to ONNX",
+            expected=f"a traceable model taking {'x'.join(map(str, io_spec.input_shape))}",
+            found=f"{type(exc).__name__}: {first}"[:500],
+            fix="check the input shape; replace data-dependent Python control flow or "
+            "unsupported operators, or export to ONNX yourself and pass the .onnx file",
+            code=code,
+        ) from None
+    return buf.getvalue()
+
+
 class ExportOnnx(Pass):
     """torch (or ONNX) -> checked single-file ONNX."""
 
@@ -81,7 +113,7 @@ class ExportOnnx(Pass):
             self._record = {"parity": "skipped: the source is already ONNX"}
             return artifact.evolve(path=Path(workdir), model_file="model.onnx", format="onnx")
         module = artifact.payload
-        data = self._export(module, artifact, cfg)
+        data = export_torch(module, artifact.io, cfg.opset)
         inferred = check_onnx(data)
         graph_inputs = [i.name for i in inferred.graph.input]
         if graph_inputs != [artifact.io.input_name]:
@@ -98,33 +130,6 @@ class ExportOnnx(Pass):
         self._record = {"opset": opset, "parity": parity, "bytes": len(data)}
         return artifact.evolve(path=Path(workdir), model_file="model.onnx", format="onnx",
                                payload=None)
-
-    def _export(self, module: Any, artifact: Artifact, cfg: ExportConfig) -> bytes:
-        import torch
-
-        io_spec = artifact.io
-        example = torch.zeros(io_spec.input_shape, dtype=torch.float32)
-        dyn = {io_spec.input_name: {0: "batch"}, **{o: {0: "batch"} for o in io_spec.output_names}}
-        buf = io.BytesIO()
-        try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    module.eval(), (example,), buf, opset_version=cfg.opset, dynamo=False,
-                    input_names=[io_spec.input_name], output_names=list(io_spec.output_names),
-                    dynamic_axes=dyn if io_spec.dynamic_batch else None,
-                    do_constant_folding=True,
-                )
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise ExportError(
-                "the model could not be exported to ONNX",
-                expected=f"a traceable model taking {'x'.join(map(str, io_spec.input_shape))}",
-                found=f"{type(exc).__name__}: {first}"[:500],
-                fix="check the input shape; replace data-dependent Python control flow or "
-                "unsupported operators, or export to ONNX yourself and pass the .onnx file",
-            ) from None
-        return buf.getvalue()
 
     def _parity(self, module: Any, data: bytes, artifact: Artifact, ctx: BuildContext,
                 cfg: ExportConfig) -> dict[str, Any]:

@@ -11,7 +11,6 @@ as INT8 kernels. The export is checked against the fake-quantised torch model.
 
 from __future__ import annotations
 
-import io
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +23,7 @@ from edgemed_runtime.util import atomic_write_bytes
 
 from ..errors import CalibrationError, ExportError
 from ..finetune import FinetuneConfig
+from .export_onnx import export_torch
 from .base import BuildContext, Pass, PassConfig
 
 
@@ -214,7 +214,7 @@ class QuantizationAwareTraining(Pass):
         qat.apply(disable_observer)
         qat.eval()
         freeze_for_export(qat)
-        data, folded = fold_weight_quantizers(self._export(qat, artifact, cfg))
+        data, folded = fold_weight_quantizers(export_torch(qat, artifact.io, cfg.opset, code="qat-failed"))
         check_onnx(data)
         parity = self._parity(qat, data, ctx)
         if parity["cosine"] < cfg.min_cosine:
@@ -227,27 +227,6 @@ class QuantizationAwareTraining(Pass):
                         **({"finetune": history} if history else {})}
         return artifact.evolve(path=Path(workdir), model_file=out.name, format="onnx-qdq",
                                payload=None)
-
-    def _export(self, model: Any, artifact: Artifact, cfg: QATConfig) -> bytes:
-        import torch
-
-        io_spec = artifact.io
-        example = torch.zeros(io_spec.input_shape, dtype=torch.float32)
-        dyn = {io_spec.input_name: {0: "batch"}, **{o: {0: "batch"} for o in io_spec.output_names}}
-        buf = io.BytesIO()
-        try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(model, (example,), buf, opset_version=cfg.opset, dynamo=False,
-                                  input_names=[io_spec.input_name],
-                                  output_names=list(io_spec.output_names),
-                                  dynamic_axes=dyn if io_spec.dynamic_batch else None,
-                                  do_constant_folding=True)
-        except Exception as exc:
-            raise ExportError("the QAT model could not be exported to ONNX",
-                              found=f"{type(exc).__name__}: {str(exc).splitlines()[0]}"[:400],
-                              code="qat-failed") from None
-        return buf.getvalue()
 
     def _parity(self, model: Any, data: bytes, ctx: BuildContext) -> dict[str, float]:
         import onnxruntime as ort
