@@ -52,6 +52,18 @@ class BuildContext:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+def require_calibration(ctx: BuildContext, what: str = "INT8 quantization") -> np.ndarray:
+    """The calibration inputs of ``ctx``; CalibrationError when there are none."""
+    from ..errors import CalibrationError
+
+    if ctx.calibration is None or len(ctx.calibration) == 0:
+        raise CalibrationError(
+            f"{what} needs calibration data", expected="at least 1 sample", found="none",
+            fix="pass --calib DIR (DICOM folder, .npy/.npz) or calibration=...",
+        )
+    return ctx.calibration
+
+
 class Pass(ABC):
     """One transformation of an artifact (export, quantize, prune...)."""
 

@@ -20,7 +20,7 @@ from pydantic import Field
 from edgemed_runtime.artifact import Artifact
 
 from ...errors import CalibrationError, ExportError
-from ..base import BuildContext, Pass, PassConfig
+from ..base import BuildContext, Pass, PassConfig, require_calibration
 
 
 class QuantizeConfig(PassConfig):
@@ -79,11 +79,7 @@ class QuantizeOnnxRuntime(Pass):
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         cfg: QuantizeConfig = self.config  # type: ignore[assignment]
-        if ctx.calibration is None or len(ctx.calibration) == 0:
-            raise CalibrationError(
-                "INT8 quantization needs calibration data", expected="at least 1 sample",
-                found="none", fix="pass --calib DIR (DICOM folder, .npy/.npz) or calibration=...",
-            )
+        require_calibration(ctx)
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         src = artifact.model_path

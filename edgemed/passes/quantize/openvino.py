@@ -22,8 +22,8 @@ from edgemed_runtime.artifact import Artifact
 from edgemed_runtime.backends.openvino import pack_ir
 from edgemed_runtime.util import atomic_write_bytes
 
-from ...errors import CalibrationError, ExportError
-from ..base import BuildContext, Pass, PassConfig
+from ...errors import ExportError
+from ..base import BuildContext, Pass, PassConfig, require_calibration
 
 
 class OpenVinoQuantizeConfig(PassConfig):
@@ -69,11 +69,7 @@ class QuantizeOpenVino(Pass):
         import openvino as ov
 
         cfg: OpenVinoQuantizeConfig = self.config  # type: ignore[assignment]
-        if ctx.calibration is None or len(ctx.calibration) == 0:
-            raise CalibrationError(
-                "INT8 quantization needs calibration data", expected="at least 1 sample",
-                found="none", fix="pass --calib DIR (DICOM folder, .npy/.npz) or calibration=...",
-            )
+        require_calibration(ctx)
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         calib = ctx.calibration.astype(np.float32)
