@@ -66,13 +66,13 @@ def demo_model() -> Any:
 
 def demo_targets(wanted: tuple[str, ...]) -> list[str]:
     """The wanted targets whose variants can be built here (packages present)."""
-    from .pipeline import _unavailable
+    from .pipeline import variant_unavailable
     from .targets import load_target
 
     out = []
     for name in wanted:
         prof = load_target(name)
-        if any(not _unavailable(v) for v in prof.variants):
+        if any(not variant_unavailable(v) for v in prof.variants):
             out.append(name)
     return out
 

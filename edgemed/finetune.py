@@ -35,6 +35,7 @@ from edgemed_runtime.util import atomic_write_bytes
 
 from .errors import InvalidInputError
 from .passes.base import PassConfig
+from .train import minibatches
 
 CHECKPOINT_FILE = "checkpoint.pt"
 HPARAMS_FILE = "hparams.json"
@@ -262,16 +263,8 @@ def finetune(
             model.eval()
             for _, m in heads:
                 m.train()
-        order = rng.permutation(len(x))
         loss_sum = 0.0
-        for i in range(0, len(x), cfg.batch_size):
-            idx = torch.from_numpy(order[i:i + cfg.batch_size])
-            xb, yb = xt[idx], yt[idx]
-            if cfg.augment:
-                if rng.random() < 0.5:
-                    xb = torch.flip(xb, dims=[-1])
-                if rng.random() < 0.5:
-                    xb = torch.flip(xb, dims=[-2])
+        for xb, yb in minibatches(xt, yt, cfg.batch_size, rng, cfg.augment):
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             if teacher is not None and cfg.distill > 0:
@@ -288,7 +281,7 @@ def finetune(
                 with torch.no_grad():
                     for name, mask in masks.items():
                         layers[name].weight.mul_(mask)
-            loss_sum += float(loss.detach()) * len(idx)
+            loss_sum += float(loss.detach()) * len(yb)
         sched.step()  # type: ignore[union-attr]
         if cfg.recalibrate_bn and phase == "full":
             recalibrate_bn(model, x, cfg.batch_size)

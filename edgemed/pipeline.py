@@ -166,7 +166,7 @@ class _Runner:
         return art, fp32
 
 
-def _unavailable(variant: Variant) -> str:
+def variant_unavailable(variant: Variant) -> str:
     """Why ``variant`` cannot be built or run on this host ('' when it can)."""
     from edgemed_runtime.backends import backend_class
 
@@ -293,9 +293,9 @@ def _build_in(stage: Path, out_dir: Path, src: ModelSource, io: IOSpec, spec: Pr
         chosen_names = [opts.select]
     elif opts.select == "default" or not match:
         chosen_names = [profile.default_variant]
-    skipped = {n: why for n in chosen_names if (why := _unavailable(profile.variant(n)))}
+    skipped = {n: why for n in chosen_names if (why := variant_unavailable(profile.variant(n)))}
     if skipped and len(skipped) == len(chosen_names) and opts.select == "auto":
-        rest = [v.name for v in profile.variants if v.name not in skipped and not _unavailable(v)]
+        rest = [v.name for v in profile.variants if v.name not in skipped and not variant_unavailable(v)]
         chosen_names = rest[:1]
     else:
         chosen_names = [n for n in chosen_names if n not in skipped]

@@ -7,7 +7,7 @@ seeded generator. Returns the per-epoch history; the model is trained in place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -32,6 +32,24 @@ class TrainHistory:
     loss: list[float] = field(default_factory=list)
     train_accuracy: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
+
+
+def minibatches(xt: Any, yt: Any, batch_size: int, rng: np.random.Generator,
+                augment: bool) -> Iterator[tuple[Any, Any]]:
+    """Shuffled (x, y) tensor batches of one epoch, each flipped left-right / up-down with
+    probability 1/2 when ``augment``."""
+    import torch
+
+    order = rng.permutation(len(xt))
+    for i in range(0, len(xt), batch_size):
+        idx = torch.from_numpy(order[i:i + batch_size])
+        xb, yb = xt[idx], yt[idx]
+        if augment:
+            if rng.random() < 0.5:
+                xb = torch.flip(xb, dims=[-1])
+            if rng.random() < 0.5:
+                xb = torch.flip(xb, dims=[-2])
+        yield xb, yb
 
 
 def predict_logits(model: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -76,25 +94,17 @@ def train_classifier(
     xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64))
     for epoch in range(config.epochs):
         model.train()
-        order = rng.permutation(len(x))
         total, correct, loss_sum = 0, 0, 0.0
-        for i in range(0, len(x), config.batch_size):
-            idx = torch.from_numpy(order[i:i + config.batch_size])
-            xb, yb = xt[idx], yt[idx]
-            if config.augment:
-                if rng.random() < 0.5:
-                    xb = torch.flip(xb, dims=[-1])
-                if rng.random() < 0.5:
-                    xb = torch.flip(xb, dims=[-2])
+        for xb, yb in minibatches(xt, yt, config.batch_size, rng, config.augment):
             opt.zero_grad()
             logits = model(xb)
             loss = loss_fn(logits, yb)
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum += float(loss.detach()) * len(idx)
+            loss_sum += float(loss.detach()) * len(yb)
             correct += int((logits.argmax(1) == yb).sum())
-            total += len(idx)
+            total += len(yb)
         row = {"loss": loss_sum / total, "train_accuracy": correct / total}
         hist.loss.append(row["loss"])
         hist.train_accuracy.append(row["train_accuracy"])

@@ -46,6 +46,19 @@ def _key(reference: Path, calib: np.ndarray) -> str:
     return h.hexdigest()[:24]
 
 
+def _cached_peer(marker: Path, make: Callable[[Path], None], what: str,
+                 say: Callable[[str], None]) -> None:
+    """Build a peer into ``marker``'s folder unless it is already there; ExportError on failure."""
+    if marker.is_file():
+        return
+    say(f"peer: {what}")
+    try:
+        _atomic_dir(marker.parent, make)
+    except Exception as exc:
+        raise ExportError(f"the peer {what} failed on this model",
+                          found=f"{type(exc).__name__}: {exc}"[:400], code="peer-failed") from None
+
+
 def _atomic_dir(final: Path, make: Callable[[Path], None]) -> None:
     """Build into a temporary sibling folder, then rename it into place."""
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -111,14 +124,8 @@ def build_peers(reference: str | Path, calib: np.ndarray, *, threads: int,
                                precision="fp32", size_bytes=ref.stat().st_size))
     if "ort-quantize_static" in which:
         d = root / "ort-quantize_static"
-        if not (d / "model.onnx").is_file():
-            say("peer: onnxruntime quantize_static (defaults)")
-            try:
-                _atomic_dir(d, lambda tmp: _ort_static(ref, calib, tmp))
-            except Exception as exc:
-                raise ExportError("onnxruntime quantize_static failed on this model",
-                                  found=f"{type(exc).__name__}: {exc}"[:400],
-                                  code="peer-failed") from None
+        _cached_peer(d / "model.onnx", lambda tmp: _ort_static(ref, calib, tmp),
+                     "onnxruntime quantize_static (defaults)", say)
         cands.append(Candidate("ort-quantize_static", "onnx", str(d / "model.onnx"), role="peer",
                                options=opts, precision="int8",
                                label="onnxruntime quantize_static defaults (QDQ, S8S8, per-tensor, "
@@ -130,14 +137,8 @@ def build_peers(reference: str | Path, calib: np.ndarray, *, threads: int,
                                        f"'edgemed[openvino]')"
         else:
             d = root / "nncf-openvino"
-            if not (d / "model.xml").is_file():
-                say("peer: NNCF quantize + OpenVINO (defaults)")
-                try:
-                    _atomic_dir(d, lambda tmp: _nncf_ov(ref, calib, tmp))
-                except Exception as exc:
-                    raise ExportError("NNCF quantization failed on this model",
-                                      found=f"{type(exc).__name__}: {exc}"[:400],
-                                      code="peer-failed") from None
+            _cached_peer(d / "model.xml", lambda tmp: _nncf_ov(ref, calib, tmp),
+                         "NNCF quantize + OpenVINO (defaults)", say)
             size = sum(f.stat().st_size for f in d.iterdir() if f.suffix in (".xml", ".bin"))
             cands.append(Candidate("nncf+openvino", "openvino-ir", str(d / "model.xml"),
                                    role="peer", options=opts, precision="int8", size_bytes=size,
