@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from edgemed_runtime import BackendError, InvalidInputError
-from edgemed_runtime.backends.openvino import compile_properties, pack_ir, unpack_ir
+from edgemed_runtime.api import open_artifact
+from edgemed_runtime.backends.openvino import (
+    compile_properties,
+    pack_ir,
+    specialise_batch,
+    static_batch,
+    unpack_ir,
+)
 
 from .template import BackendContract
 
@@ -26,6 +33,29 @@ class TestOvNncfInt8(BackendContract):
         rec = artifact.provenance[-1]
         assert rec["pass"] == "quantize_openvino" and rec["fake_quantize_nodes"] > 0
         assert artifact.model_path.read_bytes()[:8] == b"EMOVIR1\0"
+
+    def test_batch_one_is_static_and_other_batches_compile_once(
+            self, artifact: Any, val_data: Any) -> None:
+        """Batch 1 runs a static-shape compile; the first other batch size compiles the dynamic
+        model once, and both give the same logits per sample."""
+        x = val_data.x[:5]
+        with open_artifact(artifact, options={"threads": 1}) as s:
+            details = s._session().details
+            assert details["static_batch"] == 1 and "dynamic_compiled" not in details
+            single = np.concatenate([s.run({"input": x[i:i + 1]})["logits"] for i in range(5)])
+            assert "dynamic_compiled" not in details
+            batched = s.run({"input": x})["logits"]
+            assert details["dynamic_compiled"] is True
+            again = s.run({"input": x[:3]})["logits"]
+        np.testing.assert_allclose(batched, single, atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(again, single[:3], atol=1e-4, rtol=1e-4)
+
+    def test_static_batch_off(self, artifact: Any, val_data: Any) -> None:
+        with open_artifact(artifact, options={"threads": 1, "static_batch": 0}) as s:
+            assert s._session().details["static_batch"] == 0
+            out = s.run({"input": val_data.x[:4]})["logits"]
+            assert "dynamic_compiled" not in s._session().details
+        assert out.shape == (4, 2)
 
 
 class TestOvFp32(BackendContract):
@@ -73,6 +103,32 @@ def test_compile_properties() -> None:
         compile_properties({"precision": "int4"})
     with pytest.raises(BackendError):
         compile_properties({"performance_hint": "fast"})
+
+
+def test_static_batch_option() -> None:
+    assert static_batch({}) == 1 and static_batch({"static_batch": 4}) == 4
+    assert static_batch({"static_batch": "0"}) == 0
+    for bad in (-1, "one", None, True, 1.5j):
+        with pytest.raises(BackendError, match="static_batch"):
+            static_batch({"static_batch": bad})
+
+
+def test_specialise_batch_only_when_batch_is_the_only_dynamic_dim() -> None:
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    def model(shape: list[int]) -> Any:
+        p = ops.parameter(ov.PartialShape(shape), ov.Type.f32, name="x")
+        return ov.Model([ops.relu(p)], [p], "m")
+
+    m = model([-1, 1, 8, 8])
+    original = specialise_batch(m, 2)
+    assert original is not None and m.inputs[0].get_partial_shape() == ov.PartialShape([2, 1, 8, 8])
+    m.reshape(original)
+    assert m.inputs[0].get_partial_shape()[0].is_dynamic
+    assert specialise_batch(model([-1, 1, -1, -1]), 1) is None  # dynamic spatial dims
+    assert specialise_batch(model([3, 1, 8, 8]), 1) is None  # already static
+    assert specialise_batch(model([-1, 1, 8, 8]), 0) is None  # switched off
 
 
 def test_packed_ir_round_trip_and_errors() -> None:

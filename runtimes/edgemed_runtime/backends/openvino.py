@@ -7,13 +7,20 @@ crashed the process on this project's machine while ``convert_model`` worked). T
 (CACHE_DIR) is always off. ``INFERENCE_PRECISION_HINT`` is ``f32`` unless the options say
 otherwise: on CPUs with AVX-512 BF16 (or AMX) OpenVINO silently runs FP32 layers in bf16
 without it, which is not the precision the accuracy gate validated.
+
+Batch specialisation: a model whose batch dimension is dynamic is compiled for a static batch
+(``static_batch``, default 1) and, only when a call brings another batch size, once more with the
+dynamic shape. OpenVINO's CPU plugin plans memory and picks kernels per shape at compile time
+with static shapes; measured on this project's 2-core AVX-512 VNNI machine, NNCF INT8
+DenseNet-121 ran in 3.47-3.58 ms static against 3.92-4.06 ms dynamic (ResNet-18, compute bound:
+no difference).
 """
 
 from __future__ import annotations
 
 import io as _io
 import struct
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -77,6 +84,49 @@ def compile_properties(options: Mapping[str, Any]) -> dict[str, Any]:
     return props
 
 
+def static_batch(options: Mapping[str, Any]) -> int:
+    """The batch size to specialise for (``static_batch`` option; 0 = none, default 1).
+
+    Raises:
+        BackendError: not a non-negative integer.
+    """
+    raw = options.get("static_batch", 1)
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        value = -1
+    if isinstance(raw, bool) or value < 0:
+        raise BackendError("bad OpenVINO static_batch option", expected="an integer >= 0 (0 = off)",
+                           found=repr(raw), code="bad-option")
+    return value
+
+
+def specialise_batch(model: Any, batch: int) -> dict[int, Any] | None:
+    """Reshape ``model`` in place to a static ``batch`` when every input's only dynamic dimension
+    is the first. Returns the original partial shapes (input index -> PartialShape) to undo it,
+    or None when nothing was changed.
+    """
+    import openvino as ov
+
+    if batch <= 0:
+        return None
+    original: dict[int, Any] = {}
+    new: dict[int, Any] = {}
+    for k, port in enumerate(model.inputs):
+        ps = port.get_partial_shape()
+        if ps.rank.is_dynamic or len(ps) == 0:
+            return None
+        if any(d.is_dynamic for d in list(ps)[1:]):
+            return None
+        if ps[0].is_dynamic:
+            original[k] = ps
+            new[k] = ov.PartialShape([batch] + [d.get_length() for d in list(ps)[1:]])
+    if not new:
+        return None
+    model.reshape(new)
+    return original
+
+
 def read_model(core: Any, model: bytes) -> Any:
     """An ``ov.Model`` from packed-IR or ONNX bytes, in memory."""
     import openvino as ov
@@ -93,9 +143,15 @@ def _type_name(t: Any) -> str:
 
 
 class _OvSession(BackendSession):
-    def __init__(self, compiled: Any) -> None:
+    """One compiled model, or a static-batch one plus a dynamic one compiled on first need."""
+
+    def __init__(self, compiled: Any, *, batch: int = 0,
+                 dynamic: Callable[[], Any] | None = None) -> None:
         self._compiled = compiled
         self._req = compiled.create_infer_request()
+        self._batch = batch
+        self._make_dynamic = dynamic
+        self._dynamic: tuple[Any, Any] | None = None
         self.input_names = tuple(next(iter(i.get_names()), f"input{k}")
                                  for k, i in enumerate(compiled.inputs))
         self.output_names = tuple(next(iter(o.get_names()), f"output{k}")
@@ -103,12 +159,30 @@ class _OvSession(BackendSession):
         self.details = {
             "inference_precision": _type_name(compiled.get_property("INFERENCE_PRECISION_HINT")),
             "execution_devices": list(compiled.get_property("EXECUTION_DEVICES")),
+            "static_batch": batch,
         }
 
+    def _pick(self, arrays: list[np.ndarray]) -> tuple[Any, Any]:
+        """The (compiled model, request) for this call's batch size."""
+        if not self._batch or all(a.ndim and a.shape[0] == self._batch for a in arrays):
+            return self._compiled, self._req
+        if self._dynamic is None:
+            if self._make_dynamic is None:
+                raise BackendError("the session is closed", code="closed")
+            compiled = self._make_dynamic()
+            self._dynamic = (compiled, compiled.create_infer_request())
+            self._make_dynamic = None
+            self.details["dynamic_compiled"] = True
+        return self._dynamic
+
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        arrays = [np.ascontiguousarray(v) for v in feeds.values()]
         try:
-            res = self._req.infer([np.ascontiguousarray(v) for v in feeds.values()])
-            return [np.array(res[o]) for o in self._compiled.outputs]
+            compiled, req = self._pick(arrays)
+            res = req.infer(arrays)
+            return [np.array(res[o]) for o in compiled.outputs]
+        except BackendError:
+            raise
         except Exception as exc:  # OpenVINO raises RuntimeError with its own text
             raise BackendError(
                 "OpenVINO failed to run the model", found=f"{type(exc).__name__}: {exc}"[:500],
@@ -118,6 +192,8 @@ class _OvSession(BackendSession):
     def close(self) -> None:
         self._req = None
         self._compiled = None
+        self._dynamic = None
+        self._make_dynamic = None
 
 
 class OpenVinoBackend(Backend):
@@ -132,10 +208,12 @@ class OpenVinoBackend(Backend):
         import openvino as ov
 
         props = compile_properties(options)
+        batch = static_batch(options)
         device = str(options.get("device", "CPU"))
         core = ov.Core()
         try:
             ov_model = read_model(core, model)
+            original = specialise_batch(ov_model, batch)
             compiled = core.compile_model(ov_model, device, props)
         except InvalidInputError:
             raise
@@ -145,4 +223,11 @@ class OpenVinoBackend(Backend):
                 found=f"{type(exc).__name__}: {exc}"[:500], code="model-load-failed",
                 fix=f"check that device {device!r} exists (Core().available_devices)",
             ) from None
-        return _OvSession(compiled)
+        if original is None:
+            return _OvSession(compiled)
+
+        def dynamic() -> Any:
+            ov_model.reshape(original)  # back to the dynamic batch, then compile once
+            return core.compile_model(ov_model, device, props)
+
+        return _OvSession(compiled, batch=batch, dynamic=dynamic)
