@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from edgemed_runtime import BackendError, InvalidInputError
 from edgemed_runtime.api import open_artifact
 from edgemed_runtime.backends.openvino import (
@@ -151,8 +150,6 @@ def test_garbage_model_is_typed_error() -> None:
 def test_loads_from_memory_without_writing_files(run_chain: Any, tmp_path: Any,
                                                  monkeypatch: Any) -> None:
     """Opening a model writes nothing: no IR, no cache, wherever the process runs."""
-    from edgemed_runtime.api import open_artifact
-
     import tempfile
 
     monkeypatch.chdir(tmp_path)
