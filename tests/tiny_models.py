@@ -63,3 +63,36 @@ class Fragile(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.conv(x).mean(dim=(2, 3)))
+
+
+class PreActDense(nn.Module):
+    """A dense block in pre-activation order (DenseNet): concat -> BN -> ReLU -> Conv, twice,
+    then BN -> ReLU -> pool -> Linear. Its BNs cannot be folded into a preceding Conv."""
+
+    def __init__(self, classes: int = 2) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.norm1 = nn.BatchNorm2d(8)
+        self.conv1 = nn.Conv2d(8, 4, 3, padding=1)
+        self.norm2 = nn.BatchNorm2d(12)
+        self.conv2 = nn.Conv2d(12, 4, 1)
+        self.norm3 = nn.BatchNorm2d(16)
+        self.head = nn.Linear(16, classes)
+        g = torch.Generator().manual_seed(0)
+        for bn in (self.norm1, self.norm2, self.norm3):  # trained-looking statistics, some a < 0
+            c = bn.num_features
+            bn.weight.data = torch.randn(c, generator=g) * 0.8
+            bn.bias.data = torch.randn(c, generator=g) * 0.3
+            bn.running_mean = torch.randn(c, generator=g) * 0.5
+            bn.running_var = torch.rand(c, generator=g) * 2 + 0.1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.stem(x)
+        f = torch.cat([f, self.conv1(torch.relu(self.norm1(f)))], 1)
+        f = torch.cat([f, self.conv2(torch.relu(self.norm2(f)))], 1)
+        return self.head(torch.relu(self.norm3(f)).mean((2, 3)))
+
+
+def make_preact(classes: int = 2) -> PreActDense:
+    torch.manual_seed(0)
+    return PreActDense(classes=classes).eval()

@@ -8,6 +8,7 @@ ONNX), a bundle (opened through ``edgemed_runtime.open`` with ``trust`` / ``devi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -143,11 +144,26 @@ def _precision(fmt: str, model_path: Path | None) -> str:
     return "int8" if fmt in ("ort", "openvino-ir", "trt-plan-recipe") else "fp32"
 
 
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """SHA-256 over the source of ``edgemed`` and ``edgemed_runtime``: a cached build made by
+    other code (a changed pass, a fixed backend) is not reused."""
+    import edgemed
+    import edgemed_runtime
+
+    h = hashlib.sha256()
+    for pkg in (edgemed, edgemed_runtime):
+        root = Path(pkg.__file__).parent
+        for f in sorted(root.rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 def build_source(model: str, *, input_shape: tuple[int, ...], target: str, calib: np.ndarray,
                  progress: Callable[[str], None] | None = None, rebuild: bool = False,
                  select: str = "auto", weights: str | os.PathLike[str] | None = None) -> Path:
     """Build ``model`` for ``target`` with ``calib`` (cached by model, weights, shape, target,
-    data, variant selection and the profile's content).
+    data, variant selection, the profile's content and the build code itself).
 
     ``select``: ``"auto"`` (the build times the variants), ``"default"``, or a variant's name.
     ``weights``: a state_dict file; without it a model spec gets fresh random weights per build.
@@ -160,6 +176,7 @@ def build_source(model: str, *, input_shape: tuple[int, ...], target: str, calib
     prof = load_target(target)
     h = hashlib.sha256(json.dumps([model, list(input_shape), target, select, prof.sha256]).encode())
     h.update(hashlib.sha256(np.ascontiguousarray(calib).tobytes()).digest())
+    h.update(code_fingerprint().encode())
     for f in (Path(model), Path(weights) if weights else None):
         if f is not None and f.is_file():
             h.update(f.read_bytes())
