@@ -109,3 +109,39 @@ def test_quantize_pass_int8_graph(preact_fp32: Artifact, tmp_path: Path, mode: s
     producers = {o: n for n in q.graph.node for o in n.output}
     for n in depthwise:  # weights are INT8 behind a per-channel DequantizeLinear
         assert producers[n.input[1]].op_type == "DequantizeLinear"
+
+
+def _fused_ops(path: Path, tmp: Path) -> list[str]:
+    """The op types of the graph onnxruntime runs, after its optimisations (QDQ fusion)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(tmp / "optimized.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(tmp / "optimized.onnx")).graph.node]
+
+
+@pytest.mark.parametrize("quantize_bias", [True, False])
+def test_every_conv_fuses_to_qlinearconv(preact_fp32: Artifact, tmp_path: Path,
+                                         quantize_bias: bool) -> None:
+    """Zero points dropped from Conv weights/biases, and float biases (``quantize_bias=false``):
+    onnxruntime still runs every Conv, the BN ones included, as QLinearConv; same outputs."""
+    rng = np.random.default_rng(0)
+    calib = rng.standard_normal((32, 1, 16, 16)).astype(np.float32)
+    x = rng.standard_normal((8, 1, 16, 16)).astype(np.float32)
+    ref = QuantizeOnnxRuntime({})(preact_fp32, tmp_path / "ref", BuildContext(calibration=calib))
+    art = QuantizeOnnxRuntime({"quantize_bias": quantize_bias})(
+        preact_fp32, tmp_path / "q", BuildContext(calibration=calib))
+    q = onnx.load(str(art.model_path))
+    producers = {o: n for n in q.graph.node for o in n.output}
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    for n in convs:
+        for i in n.input[1:]:
+            dq = producers.get(i)
+            assert dq is None or len(dq.input) == 2, "zero point of a Conv input left in"
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    bias_types = {inits[producers[n.input[2]].input[0]].dtype if n.input[2] in producers
+                  else inits[n.input[2]].dtype for n in convs if len(n.input) > 2}
+    assert bias_types == ({np.dtype(np.int32)} if quantize_bias else {np.dtype(np.float32)})
+    ops = _fused_ops(art.model_path, tmp_path)
+    assert ops.count("QLinearConv") == len(convs) == 6 and "Conv" not in ops
+    np.testing.assert_allclose(_run(q, x), _run(onnx.load(str(ref.model_path)), x), atol=1e-4)

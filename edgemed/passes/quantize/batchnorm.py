@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..onnx_graph import drop_unused_initializers
+
 Mode = Literal["conv", "keep"]
 
 
@@ -71,7 +73,7 @@ def batchnorm_to_conv(model: Any, mode: Mode = "conv") -> int:
     if replaced:
         del graph.node[:]
         graph.node.extend(nodes)
-        _drop_unused_initializers(graph)
+        drop_unused_initializers(graph)
         onnx.checker.check_model(model)
     return replaced
 
@@ -80,14 +82,3 @@ def _value_infos(graph: Any) -> Iterable[Any]:
     yield from graph.value_info
     yield from graph.input
     yield from graph.output
-
-
-def _drop_unused_initializers(graph: Any) -> None:
-    """Remove initializers no node reads any more (the BatchNormalization parameters)."""
-    if any(a.g.node or a.graphs for n in graph.node for a in n.attribute):
-        return  # subgraphs (If, Loop, Scan) may read outer initializers: leave them all
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    keep = [t for t in graph.initializer if t.name in used]
-    if len(keep) != len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(keep)

@@ -41,6 +41,8 @@ class QuantizeConfig(PassConfig):
     max_calibration_samples: int = Field(128, ge=1)
     #: standalone BatchNormalization (pre-activation nets): as a depthwise 1x1 Conv, or as is
     batchnorm: Literal["conv", "keep"] = "conv"
+    #: False: Conv/Gemm biases stay float (onnxruntime quantizes them when it fuses QLinearConv)
+    quantize_bias: bool = True
 
 
 def _reader(name: str, data: np.ndarray, batch: int = 8) -> Any:
@@ -97,6 +99,8 @@ class QuantizeOnnxRuntime(Pass):
         extra: dict[str, Any] = {}
         if cfg.symmetric_activations:
             extra["ActivationSymmetric"] = True
+        if not cfg.quantize_bias:
+            extra["QuantizeBias"] = False
         exclude = list(cfg.keep_fp32_nodes)
         try:
             logging.getLogger("onnxruntime").setLevel(logging.ERROR)
@@ -137,16 +141,20 @@ class QuantizeOnnxRuntime(Pass):
             (workdir / "model.bn.onnx").unlink(missing_ok=True)
             (workdir / "calibration_ranges.json").unlink(missing_ok=True)
             (workdir / "augmented.onnx").unlink(missing_ok=True)
+        import onnx
+
+        from ..onnx_names import compact_names
+        from .zero_points import drop_zero_points
+
+        model = onnx.load(str(tmp_out))
+        zero_points = drop_zero_points(model)
         if cfg.compact_names:
-            import onnx
-
-            from ..onnx_names import compact_names
-
-            model = compact_names(onnx.load(str(tmp_out)))
-            onnx.save(model, str(tmp_out))
+            model = compact_names(model)
+        onnx.save(model, str(tmp_out))
         tmp_out.replace(out)
         self._record = {"calibration_samples": int(len(calib)),
-                        "batchnorm_to_depthwise_conv": bn_converted}
+                        "batchnorm_to_depthwise_conv": bn_converted,
+                        "zero_points_dropped": zero_points}
         return artifact.evolve(path=workdir, model_file=out.name, format="onnx-qdq")
 
 
