@@ -13,7 +13,8 @@ Batch specialisation: a model whose batch dimension is dynamic is compiled for a
 dynamic shape. OpenVINO's CPU plugin plans memory and picks kernels per shape at compile time
 with static shapes; measured on this project's 2-core AVX-512 VNNI machine, NNCF INT8
 DenseNet-121 ran in 3.47-3.58 ms static against 3.92-4.06 ms dynamic (ResNet-18, compute bound:
-no difference).
+no difference). The session keeps the ``ov.Model`` (in memory) for that second compile;
+``static_batch = 0`` compiles the dynamic model only and keeps nothing else.
 """
 
 from __future__ import annotations
