@@ -145,3 +145,38 @@ def test_every_conv_fuses_to_qlinearconv(preact_fp32: Artifact, tmp_path: Path,
     ops = _fused_ops(art.model_path, tmp_path)
     assert ops.count("QLinearConv") == len(convs) == 6 and "Conv" not in ops
     np.testing.assert_allclose(_run(q, x), _run(onnx.load(str(ref.model_path)), x), atol=1e-4)
+
+
+def test_dropping_conv_zero_points_keeps_outputs_bit_identical(preact_fp32: Artifact,
+                                                               tmp_path: Path) -> None:
+    """The pass's output with the zero points put back (onnxruntime's quantizer as is) and as
+    written (dropped) give the same bits; only Conv inputs lost them."""
+    from edgemed.passes.quantize.zero_points import drop_zero_points
+
+    rng = np.random.default_rng(0)
+    calib = rng.standard_normal((32, 1, 16, 16)).astype(np.float32)
+    x = rng.standard_normal((8, 1, 16, 16)).astype(np.float32)
+    art = QuantizeOnnxRuntime({})(preact_fp32, tmp_path, BuildContext(calibration=calib))
+    dropped = onnx.load(str(art.model_path))
+    assert art.provenance[-1]["zero_points_dropped"] > 0
+    restored = onnx.ModelProto()
+    restored.CopyFrom(dropped)
+    producers = {o: n for n in restored.graph.node for o in n.output}
+    inits = {t.name: numpy_helper.to_array(t) for t in restored.graph.initializer}
+    added = 0
+    for conv in (n for n in restored.graph.node if n.op_type == "Conv"):
+        for i in conv.input[1:]:
+            dq = producers.get(i)
+            if dq is not None and dq.op_type == "DequantizeLinear" and len(dq.input) == 2:
+                w = inits[dq.input[0]]
+                zp = numpy_helper.from_array(np.zeros(inits[dq.input[1]].shape, w.dtype),
+                                             f"{dq.input[0]}/zero_point")
+                restored.graph.initializer.append(zp)
+                dq.input.append(zp.name)
+                added += 1
+    assert added == art.provenance[-1]["zero_points_dropped"]
+    np.testing.assert_array_equal(_run(restored, x), _run(dropped, x))
+    assert drop_zero_points(restored) == added  # and the function takes them out again
+    assert all(len(producers[i].input) == 2 for n in restored.graph.node if n.op_type == "Conv"
+               for i in n.input[1:] if producers.get(i) is not None
+               and producers[i].op_type == "DequantizeLinear")

@@ -4,7 +4,7 @@
 per-channel weights and the calibration method given: ``minmax``, or activation clipping by
 ``percentile`` or ``entropy`` (KL divergence over a 2048-bin histogram). Standalone
 BatchNormalization nodes become depthwise 1x1 Convs first (``batchnorm.py``: DenseNet-121 INT8
-0.74x -> 0.49x of FP32). Activation and weight types are explicit, never the library default:
+0.83x -> 0.45x of FP32). Activation and weight types are explicit, never the library default:
 which one is fastest depends on the CPU (on AVX-512 VNNI x86, U8S8 ran 3.3x faster than S8S8 for
 MONAI ResNet-18), so target profiles list candidates and the build times them.
 """

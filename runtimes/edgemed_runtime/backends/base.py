@@ -13,8 +13,18 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from ..errors import InvalidInputError, MissingDependencyError
+from ..errors import BackendError, InvalidInputError, MissingDependencyError
 from ..iospec import IOSpec
+
+
+def library_error(message: str, exc: BaseException, **fields: Any) -> BackendError:
+    """A BackendError for an exception the backend's library raised: its type and text (the first
+    500 characters) as ``found``; ``fields`` (expected, fix, code) as given."""
+    return BackendError(message, found=f"{type(exc).__name__}: {exc}"[:500], **fields)
+
+
+#: the fix for a run that the library refused
+RUN_FIX = "check the input shape and dtype against session.inputs"
 
 
 class BackendSession(ABC):

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import BackendError
 from ..iospec import IOSpec
-from .base import Backend, BackendSession
+from .base import RUN_FIX, Backend, BackendSession, library_error
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
@@ -112,10 +112,7 @@ class _OrtSession(BackendSession):
         try:
             return list(self._sess.run(None, dict(feeds)))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
-            raise BackendError(
-                "onnxruntime failed to run the model", found=f"{type(exc).__name__}: {exc}"[:500],
-                fix="check the input shape and dtype against session.inputs",
-            ) from None
+            raise library_error("onnxruntime failed to run the model", exc, fix=RUN_FIX) from None
 
     def close(self) -> None:
         self._sess = None
@@ -150,8 +147,7 @@ class OnnxRuntimeBackend(Backend):
         except BackendError:
             raise
         except Exception as exc:
-            raise BackendError(
-                "onnxruntime cannot load the model", expected="a valid ONNX / ORT model",
-                found=f"{type(exc).__name__}: {exc}"[:500], code="model-load-failed",
-            ) from None
+            raise library_error("onnxruntime cannot load the model", exc,
+                                expected="a valid ONNX / ORT model",
+                                code="model-load-failed") from None
         return _OrtSession(sess)

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import BackendError, InvalidInputError
 from ..iospec import IOSpec
-from .base import Backend, BackendSession
+from .base import RUN_FIX, Backend, BackendSession, library_error
 
 IR_MAGIC = b"EMOVIR1\0"
 _PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16"}
@@ -185,10 +185,7 @@ class _OvSession(BackendSession):
         except BackendError:
             raise
         except Exception as exc:  # OpenVINO raises RuntimeError with its own text
-            raise BackendError(
-                "OpenVINO failed to run the model", found=f"{type(exc).__name__}: {exc}"[:500],
-                fix="check the input shape and dtype against session.inputs",
-            ) from None
+            raise library_error("OpenVINO failed to run the model", exc, fix=RUN_FIX) from None
 
     def close(self) -> None:
         self._req = None
@@ -219,9 +216,9 @@ class OpenVinoBackend(Backend):
         except InvalidInputError:
             raise
         except Exception as exc:
-            raise BackendError(
-                "OpenVINO cannot load the model", expected="packed OpenVINO IR or ONNX bytes",
-                found=f"{type(exc).__name__}: {exc}"[:500], code="model-load-failed",
+            raise library_error(
+                "OpenVINO cannot load the model", exc, expected="packed OpenVINO IR or ONNX bytes",
+                code="model-load-failed",
                 fix=f"check that device {device!r} exists (Core().available_devices)",
             ) from None
         if original is None:

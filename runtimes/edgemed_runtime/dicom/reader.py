@@ -8,6 +8,8 @@ machine and on the device alike.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -207,11 +209,20 @@ def read_image(
             pixel data, frame out of range, undecodable pixels; always with a specific ``code``.
         MissingDependencyError: no decoder installed for the transfer syntax.
     """
+    with reading():
+        ds = read_dataset(path)
+        return read_dataset_image(ds, frame, scale=scale, max_frame_pixels=max_frame_pixels,
+                                  max_total_pixels=max_total_pixels)
+
+
+@contextmanager
+def reading() -> Iterator[None]:
+    """Silence pydicom's warnings and turn whatever a hostile or corrupt file makes pydicom, numpy
+    or a decoder raise (including Rust panics) into ``InvalidInputError``; ``EdgemedError`` passes.
+    """
     try:
         with quiet():
-            ds = read_dataset(path)
-            return read_dataset_image(ds, frame, scale=scale, max_frame_pixels=max_frame_pixels,
-                                      max_total_pixels=max_total_pixels)
+            yield
     except EdgemedError:
         raise
     except RecursionError:
@@ -245,41 +256,27 @@ def load_input(path: str | os.PathLike[str], spec: PreprocessSpec) -> np.ndarray
         InvalidInputError / MissingDependencyError: as ``read_image``, plus ``no-pixel-spacing``
             when ``spec.spacing`` is set and the file has none.
     """
-    try:
-        with quiet():
-            ds = read_dataset(path)
-            geo = image_geometry(ds)
-            scale = spec_scale(spec, geo.rows, geo.columns, attrs.pixel_spacing(ds, 0))
-            frame = None if spec.frames == "stack" else spec.frame
-            if (geo.photometric == "PALETTE COLOR" and geo.samples == 1 and spec.channels == 1
-                    and spec.frames == "pick" and spec.version > 1):
-                # one channel wanted: the palette's channel mean, gathered, then resampled once
-                # (the mean commutes with resampling, so this equals RGB -> resize -> mean)
-                require_decoder(geo.transfer_syntax)
-                index = _frame_index(spec.frame, geo.frames)
-                arr = decode_frame(ds, geo, index)
-                if arr.ndim == 3:
-                    arr = arr[0]
-                grey, _ = _palette(arr, ds, grey=True)
-                return spec.finish(grey, attrs.pixel_spacing(ds, index))
-            img = read_dataset_image(ds, frame, scale=scale, geometry=geo)
-            if not img.is_grey and img.stored.dtype == np.uint8 and img.colour_max == 255.0 \
-                    and spec.version > 1 and spec.frames == "pick":
-                return spec.finish(img.stored, img.spacing)  # 8-bit colour: resampled from the samples
-            affine = img.affine(spec.window) if spec.version > 1 and spec.frames == "pick" else None
-            if affine is not None and spec.size is not None:
-                return spec.finish_affine(img.stored, affine[0], affine[1], img.spacing)
-            return spec.finish(img.display(spec.window), img.spacing)
-    except EdgemedError:
-        raise
-    except RecursionError:
-        raise InvalidInputError("the file is nested too deeply", code="nesting-too-deep",
-                                found="RecursionError") from None
-    except MemoryError:
-        raise InvalidInputError("the image needs more memory than available", code="too-large",
-                                found="MemoryError") from None
-    except (KeyboardInterrupt, SystemExit, GeneratorExit):
-        raise
-    except BaseException as exc:  # includes Rust decoder panics (pyo3 PanicException)
-        raise InvalidInputError("the DICOM file cannot be read", code="corrupt",
-                                expected="a well-formed DICOM image", found=type(exc).__name__) from None
+    with reading():
+        ds = read_dataset(path)
+        geo = image_geometry(ds)
+        scale = spec_scale(spec, geo.rows, geo.columns, attrs.pixel_spacing(ds, 0))
+        frame = None if spec.frames == "stack" else spec.frame
+        if (geo.photometric == "PALETTE COLOR" and geo.samples == 1 and spec.channels == 1
+                and spec.frames == "pick" and spec.version > 1):
+            # one channel wanted: the palette's channel mean, gathered, then resampled once
+            # (the mean commutes with resampling, so this equals RGB -> resize -> mean)
+            require_decoder(geo.transfer_syntax)
+            index = _frame_index(spec.frame, geo.frames)
+            arr = decode_frame(ds, geo, index)
+            if arr.ndim == 3:
+                arr = arr[0]
+            grey, _ = _palette(arr, ds, grey=True)
+            return spec.finish(grey, attrs.pixel_spacing(ds, index))
+        img = read_dataset_image(ds, frame, scale=scale, geometry=geo)
+        if not img.is_grey and img.stored.dtype == np.uint8 and img.colour_max == 255.0 \
+                and spec.version > 1 and spec.frames == "pick":
+            return spec.finish(img.stored, img.spacing)  # 8-bit colour: resampled from the samples
+        affine = img.affine(spec.window) if spec.version > 1 and spec.frames == "pick" else None
+        if affine is not None and spec.size is not None:
+            return spec.finish_affine(img.stored, affine[0], affine[1], img.spacing)
+        return spec.finish(img.display(spec.window), img.spacing)
