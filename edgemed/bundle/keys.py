@@ -53,11 +53,16 @@ def generate_keypair(
         passphrase: encrypt the private key with it (PKCS#8 + scrypt/AES via BestAvailable).
         overwrite: replace existing files (refused by default).
     Raises:
-        InvalidInputError: unknown kind/scheme, or the files exist.
+        InvalidInputError: unknown kind/scheme, the files exist, or an empty passphrase
+            (``empty-passphrase``: it would silently leave the key unencrypted).
     """
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa, x25519
 
+    if passphrase is not None and not passphrase:
+        raise InvalidInputError("passphrase is empty", expected="a non-empty passphrase or None",
+                                found="''", fix="pass a passphrase, or None for an unprotected "
+                                "key", code="empty-passphrase")
     if kind not in KINDS:
         raise InvalidInputError("unknown key kind", expected=", ".join(KINDS), found=kind,
                                 code="bad-key-kind")
@@ -81,7 +86,7 @@ def generate_keypair(
         raise InvalidInputError("key files already exist", found=f"{priv} / {pub}",
                                 fix="pick another --name or pass --overwrite",
                                 code="exists")
-    enc = (serialization.BestAvailableEncryption(passphrase.encode()) if passphrase
+    enc = (serialization.BestAvailableEncryption(passphrase.encode()) if passphrase is not None
            else serialization.NoEncryption())
     _write(priv, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                    enc), 0o600)

@@ -17,6 +17,13 @@ from .common import console, handle_errors, print_json
 
 
 def _passphrase(env: Optional[str], prompt: bool, *, confirm: bool = False) -> Optional[str]:
+    """The passphrase from environment variable ``env``, else from a prompt, else None.
+
+    Raises:
+        InvalidInputError: ``missing-passphrase`` (the variable is not set) or
+            ``empty-passphrase`` (it, or the prompt, is empty: an empty passphrase would leave
+            a new private key unencrypted).
+    """
     from edgemed.errors import InvalidInputError
 
     if env:
@@ -24,10 +31,17 @@ def _passphrase(env: Optional[str], prompt: bool, *, confirm: bool = False) -> O
         if value is None:
             raise InvalidInputError("passphrase environment variable is not set", found=env,
                                     fix=f"export {env}=...", code="missing-passphrase")
-        return value
-    if prompt:
-        return str(typer.prompt("passphrase", hide_input=True, confirmation_prompt=confirm))
-    return None
+    elif prompt:
+        value = str(typer.prompt("passphrase", hide_input=True, confirmation_prompt=confirm))
+    else:
+        return None
+    if not value:
+        raise InvalidInputError("passphrase is empty", expected="a non-empty passphrase",
+                                found=f"${env} is empty" if env else "an empty answer",
+                                fix=f"export {env}=<passphrase>, or drop --passphrase-env for "
+                                "an unprotected key" if env else "type a passphrase, or drop "
+                                "--passphrase for an unprotected key", code="empty-passphrase")
+    return value
 
 
 def _kv_table(title: str, rows: dict[str, Any]) -> Table:

@@ -1,19 +1,22 @@
 """``edgemed-run`` / ``python -m edgemed_runtime``: the device command line (argparse only).
 
     edgemed-run info                                  backends and execution providers here
-    edgemed-run verify MODEL [--trust PUB] [--device-key KEY]
-    edgemed-run run MODEL INPUT... [--trust PUB --device-key KEY] [--backend B] [--threads N]
+    edgemed-run verify MODEL [--trust PUB] [--device-key KEY [--passphrase-env VAR]]
+    edgemed-run run MODEL INPUT... [--trust PUB --device-key KEY] [--passphrase-env VAR]
+                                   [--backend B] [--threads N]
 
 MODEL is an artifact directory, a bundle (directory or ``.edgemed``) or an ``.onnx`` file; INPUT
 is a DICOM file or a folder (searched recursively for ``.dcm`` / ``.dicom`` files). Output is JSON
 on stdout. Exit codes: 0 ok, 1 some inputs failed, 2 refused (bad input, bundle that does not
-verify, backend missing).
+verify, backend missing, state folder that cannot be written). A device key's passphrase comes
+from the environment variable ``--passphrase-env`` names, never from the command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,12 +36,36 @@ def _is_bundle(p: Path) -> bool:
     return p.suffix == ".edgemed" or (p.is_dir() and (p / "bundle.json").is_file())
 
 
+def passphrase_from_env(var: str | None) -> str | None:
+    """The device key's passphrase from environment variable ``var`` (None: no passphrase).
+
+    Raises:
+        InvalidInputError: ``missing-passphrase`` (not set) or ``empty-passphrase`` (empty).
+    """
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if value is None:
+        raise InvalidInputError("passphrase environment variable is not set", found=var,
+                                fix=f"export {var}=<passphrase of the device key>",
+                                code="missing-passphrase")
+    if not value:
+        raise InvalidInputError("passphrase environment variable is empty",
+                                expected="the device key's passphrase", found=f"${var} is empty",
+                                fix=f"export {var}=<passphrase>, or drop --passphrase-env for "
+                                "an unprotected key", code="empty-passphrase")
+    return value
+
+
 def _bundle_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kw: dict[str, Any] = {}
     for name in ("trust", "device_key", "state_dir", "hardware_id", "target"):
         v = getattr(args, name, None)
         if v is not None:
             kw[name] = v
+    pw = passphrase_from_env(getattr(args, "passphrase_env", None))
+    if pw is not None:
+        kw["device_key_password"] = pw
     return kw
 
 
@@ -163,6 +190,8 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("model", help="artifact directory, bundle (.edgemed / folder) or .onnx")
         sp.add_argument("--trust", help="publisher public key (bundles)")
         sp.add_argument("--device-key", dest="device_key", help="device private key (bundles)")
+        sp.add_argument("--passphrase-env", dest="passphrase_env", metavar="VAR",
+                        help="environment variable holding the device key's passphrase")
         sp.add_argument("--state-dir", dest="state_dir", help="accepted-release state folder")
         sp.add_argument("--hardware-id", dest="hardware_id", help="this device's hardware id")
         sp.add_argument("--target", help="this device's target profile name (checked)")

@@ -112,3 +112,11 @@ class DeviceMismatchError(BundleError):
     """A bundle is not meant for this device (hardware id, target or device key)."""
 
     default_code = "device-mismatch"
+
+
+class StateError(BundleError):
+    """The device's state folder or bundle store cannot be written (read-only, full, a file in
+    the way). ``install_bundle`` raises it before switching, so the previously installed bundle
+    stays usable; ``open_bundle`` raises it when it cannot record a newly accepted release."""
+
+    default_code = "state-unwritable"

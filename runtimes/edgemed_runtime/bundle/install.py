@@ -1,15 +1,20 @@
-"""Installing bundles into a device's bundle store, crash-safely.
+"""Installing bundles into a device's bundle store, crash-safely and one at a time.
 
 Store layout (``store_dir``)::
 
+    .install.lock                                         held (flock) by the one installing
     <family>/bundles/<release:020d>-<bundle_id>.edgemed   verified bytes, archive form
     <family>/current.json                                 which one ``open_installed`` opens
 
-``install_bundle`` verifies and smoke-tests the new bundle without touching state, writes the
-archive (temp file + fsync + rename), switches ``current.json`` atomically, and only then records
-the release as accepted. A kill at any point leaves the previous bundle installed and usable:
-before the switch nothing visible changed; after it, the new bundle opens (its release is >= the
-recorded one) and is recorded on that open.
+``install_bundle`` takes an exclusive lock on the store, then verifies and smoke-tests the new
+bundle and re-checks its release counter against the recorded one *and* the installed one,
+proves the state folder writable, writes the archive (temp file + fsync + rename), switches
+``current.json`` atomically, and only then records the release as accepted; the lock is held
+across all of it, so two processes installing into one store cannot interleave. A kill at any
+point leaves the previous bundle installed and usable: before the switch nothing visible
+changed; after it, the new bundle opens (its release is >= the recorded one) and is recorded on
+that open. Temporary files carry their process id; a cleanup removes only its own and those of
+processes that are gone.
 """
 
 from __future__ import annotations
@@ -20,29 +25,75 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..errors import BundleError
+from ..errors import BundleError, EdgemedError, RollbackError
 from ..session import Session
+from ..util import temp_owner
 from .container import pack_archive
-from .format import ARCHIVE_SUFFIX, canonical_json, check_family
+from .format import ARCHIVE_SUFFIX, BundleManifest, canonical_json, check_family
 from .loader import open_bundle, open_verified, verify_bundle
-from .state import RollbackState, durable_write
+from .state import RollbackState, durable_write, locked, state_error
 
 CURRENT_FILE = "current.json"
+LOCK_FILE = ".install.lock"
+_UNCHANGED = "; the installed bundle was not changed"
 
 
 def _family_dir(store_dir: str | os.PathLike[str], family: str) -> Path:
     return Path(store_dir) / check_family(family)
 
 
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers (an earlier call of this process) are not in flight
+    if os.name == "nt":  # pragma: no cover - os.kill(pid, 0) would terminate it
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def _cleanup_temp(folder: Path) -> None:
+    """Remove temporary files of this process or of dead ones from ``folder`` (never a live
+    process's in-flight file, nor a file whose name carries no pid)."""
     if not folder.is_dir():
         return
     for p in folder.iterdir():
-        if p.name.startswith(".") and p.name.endswith(".tmp"):
+        pid = temp_owner(p.name)
+        if pid is not None and not _alive(pid):
             try:
                 p.unlink()
             except OSError:
                 pass
+
+
+def _installed_release(fam: Path) -> int | None:
+    """The release ``current.json`` names, or None if nothing (readable) is installed."""
+    try:
+        return int(json.loads((fam / CURRENT_FILE).read_bytes())["release"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_installed(fam: Path, m: BundleManifest) -> None:
+    cur = _installed_release(fam)
+    if cur is not None and m.release < cur:
+        raise RollbackError(
+            "bundle is older than the one installed in this store",
+            expected=f"release >= {cur} for family {m.family!r}", found=f"release {m.release}",
+            fix="install the newer bundle; to roll back, re-seal the older artifact with a "
+            "higher release counter", code="rollback",
+        )
+
+
+def _store_write(path: Path, data: bytes) -> None:
+    try:
+        durable_write(path, data)
+    except OSError as exc:
+        raise state_error("bundle store", path, exc, _UNCHANGED) from None
 
 
 def install_bundle(
@@ -59,27 +110,57 @@ def install_bundle(
 ) -> Path:
     """Verify, test-open and install a bundle; return the installed archive's path.
 
+    Safe to call from several processes at once (they are serialised by a lock in the store)
+    and idempotent (installing the installed bundle again changes nothing that matters).
+
     Raises:
-        the errors of ``open_bundle``; nothing is installed or recorded when one is raised.
+        the errors of ``open_bundle``; RollbackError also when a newer release is installed;
+        StateError when the store or the state folder cannot be written. Nothing is switched
+        or recorded when one is raised: the previously installed bundle stays usable.
     """
-    vb = verify_bundle(source, trust=trust, now=now, hardware_id=hardware_id, target=target)
+    store = Path(store_dir)
     state = RollbackState(state_dir)
-    sess = open_verified(vb, device_key=device_key, device_key_password=device_key_password,
-                         state=state, persist=False)
-    sess.close()
-    m = vb.manifest
-    fam = _family_dir(store_dir, m.family)
-    bundles = fam / "bundles"
-    _cleanup_temp(bundles)
-    _cleanup_temp(fam)
-    dest = bundles / f"{m.release:020d}-{m.bundle_id}{ARCHIVE_SUFFIX}"
-    durable_write(dest, pack_archive(vb.files.all_files()))
-    durable_write(fam / CURRENT_FILE, canonical_json({
-        "bundle": f"bundles/{dest.name}", "bundle_id": m.bundle_id, "release": m.release,
-        "family": m.family, "version": m.version,
-    }))
-    state.record(m)
+    with locked(store / LOCK_FILE, "bundle store"):
+        vb = verify_bundle(source, trust=trust, now=now, hardware_id=hardware_id, target=target)
+        m = vb.manifest
+        fam = _family_dir(store, m.family)
+        state.check(m)  # under the lock: what another installer recorded is seen
+        _check_installed(fam, m)
+        sess = open_verified(vb, device_key=device_key, device_key_password=device_key_password,
+                             state=state, persist=False)
+        sess.close()
+        state.ensure_writable(m.family)
+        bundles = fam / "bundles"
+        _cleanup_temp(bundles)
+        _cleanup_temp(fam)
+        dest = bundles / f"{m.release:020d}-{m.bundle_id}{ARCHIVE_SUFFIX}"
+        _store_write(dest, pack_archive(vb.files.all_files()))
+        try:
+            previous: bytes | None = (fam / CURRENT_FILE).read_bytes()
+        except OSError:
+            previous = None
+        _store_write(fam / CURRENT_FILE, canonical_json({
+            "bundle": f"bundles/{dest.name}", "bundle_id": m.bundle_id, "release": m.release,
+            "family": m.family, "version": m.version,
+        }))
+        try:
+            state.record(m)
+        except EdgemedError:
+            _restore_current(fam, previous)  # nothing was recorded: switch back
+            raise
     return dest
+
+
+def _restore_current(fam: Path, previous: bytes | None) -> None:
+    """Best effort: put ``current.json`` back as it was (the new bundle, if it stays because
+    this fails too, still opens: its release is >= the recorded one)."""
+    try:
+        if previous is None:
+            (fam / CURRENT_FILE).unlink()
+        else:
+            durable_write(fam / CURRENT_FILE, previous)
+    except OSError:
+        pass
 
 
 def installed_path(store_dir: str | os.PathLike[str], family: str) -> Path:

@@ -4,27 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 from typing import Any
 
 from ..errors import BundleError, InvalidInputError
+from ..util import read_regular_file
 
 KeySource = Any  # a path, PEM bytes, or a cryptography key object
 
 
+MAX_PEM_BYTES = 64 << 10  # an RSA-4096 PKCS#8 PEM is ~3.3 KB
+
+
 def _pem_bytes(src: KeySource, what: str) -> bytes | None:
+    """The PEM bytes of a path or bytes source; None for a key object.
+
+    Raises:
+        InvalidInputError: the path is missing (``not-found``), not a regular file
+            (``not-a-regular-file``: a device, FIFO or folder), unreadable, or over 64 KiB
+            (``too-large``) -- see ``read_regular_file``.
+    """
     if isinstance(src, (bytes, bytearray)):
         return bytes(src)
     if isinstance(src, (str, os.PathLike)):
-        p = Path(src)
-        try:
-            if p.stat().st_size > 64 << 10:
-                raise InvalidInputError(f"{what} file is too large to be a PEM key", found=str(p),
-                                        code="bad-key")
-            return p.read_bytes()
-        except OSError:
-            raise InvalidInputError(f"{what} file not found", found=str(p), fix="check the path",
-                                    code="not-found") from None
+        return read_regular_file(src, MAX_PEM_BYTES, what)
     return None
 
 
@@ -32,7 +34,8 @@ def load_public_key(src: KeySource, *, what: str = "public key") -> Any:
     """Load a PEM public key (SubjectPublicKeyInfo) from a path, bytes or a key object.
 
     Raises:
-        InvalidInputError(code="bad-key"): not a PEM public key.
+        InvalidInputError(code="bad-key"): not a PEM public key; the path errors of
+            ``read_regular_file`` (``not-found``, ``not-a-regular-file``, ``too-large``).
     """
     from cryptography.hazmat.primitives import serialization
 
@@ -56,7 +59,8 @@ def load_private_key(src: KeySource, *, password: str | bytes | None = None,
     """Load a PEM (PKCS#8) private key, optionally passphrase-protected.
 
     Raises:
-        InvalidInputError(code="bad-key"): not a PEM private key.
+        InvalidInputError(code="bad-key"): not a PEM private key; ``empty-passphrase``; the
+            path errors of ``read_regular_file`` (``not-found``, ``not-a-regular-file``...).
         BundleError(code="bad-passphrase"): the passphrase is missing or wrong.
     """
     from cryptography.hazmat.primitives import serialization
@@ -67,6 +71,11 @@ def load_private_key(src: KeySource, *, password: str | bytes | None = None,
             return src
         raise InvalidInputError(f"{what} is not a key", found=type(src).__name__, code="bad-key")
     pw = password.encode() if isinstance(password, str) else password
+    if pw is not None and not pw:
+        raise InvalidInputError(f"passphrase for the {what} is empty", expected="the key's "
+                                "passphrase, or none for an unprotected key", found="''",
+                                fix="set the passphrase variable (--passphrase-env VAR) to the "
+                                "passphrase", code="empty-passphrase")
     try:
         return serialization.load_pem_private_key(data, password=pw)
     except TypeError:

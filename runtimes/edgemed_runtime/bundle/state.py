@@ -2,20 +2,24 @@
 
 One JSON file per family under ``<state_dir>/rollback/<family>.json``, replaced atomically
 (temp file + fsync + rename + fsync of the folder), so a crash leaves the old or the new record.
+A state folder that cannot be written (read-only, full, a file in the way, under /proc) raises
+``StateError`` naming the path and the fix, never a raw ``OSError``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import BundleError, RollbackError
-from ..util import atomic_write_bytes
+from ..errors import BundleError, RollbackError, StateError
+from ..util import TEMP_SUFFIX, atomic_write_bytes, temp_prefix
 from .format import BundleManifest, canonical_json, check_family, format_time
 
 STATE_VERSION = 1
@@ -27,8 +31,31 @@ def default_state_dir() -> Path:
     return Path(env) if env else Path.home() / ".edgemed" / "state"
 
 
+def state_error(what: str, path: Path, exc: OSError, outcome: str = "") -> StateError:
+    """A StateError for an ``OSError`` met writing ``path`` (``what``: "rollback state";
+    ``outcome``: what that means for the caller, appended to the message).
+
+    The fix depends on the cause: full filesystem, read-only / permission, or a file where a
+    folder is expected."""
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        fix, kind = "free space on that filesystem (or raise the quota), then retry", "state-full"
+    elif code in (errno.ENOTDIR, errno.EEXIST):
+        fix, kind = "remove the file that is in the way, or point at a folder", "state-unwritable"
+    else:
+        fix, kind = "make that folder writable, or pass another one (--state-dir, " \
+                    "EDGEMED_STATE_DIR)", "state-unwritable"
+    return StateError(f"{what} cannot be written{outcome}", expected="a writable "
+                      "folder with free space", found=f"{path}: {exc.strerror or exc}",
+                      fix=fix, code=kind)
+
+
 def durable_write(path: Path, data: bytes) -> None:
-    """Atomically replace ``path`` with ``data`` and fsync its folder (POSIX)."""
+    """Atomically replace ``path`` with ``data`` and fsync its folder (POSIX).
+
+    Raises:
+        OSError: from the write (callers map it with ``state_error``).
+    """
     atomic_write_bytes(path, data)
     try:
         fd = os.open(path.parent, os.O_RDONLY)
@@ -73,6 +100,8 @@ class RollbackState:
             raw = p.read_bytes()
         except FileNotFoundError:
             return None
+        except NotADirectoryError as exc:  # a file where the state folder should be
+            raise state_error("rollback state", p, exc) from None
         except OSError as exc:
             raise BundleError("rollback state cannot be read", found=f"{p}: {exc.strerror}",
                               code="state-corrupt") from None
@@ -113,32 +142,84 @@ class RollbackState:
                 code="release-reused",
             )
 
+    def ensure_writable(self, family: str) -> None:
+        """Prove that a record for ``family`` can be written now: create the folder and write,
+        fsync and delete a probe file as large as a record (an installer calls this before it
+        switches to a new bundle, so a read-only or full state folder cannot strand it).
+
+        Raises:
+            StateError: ``state-unwritable`` or ``state-full``.
+        """
+        folder = self._path(family).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix("probe"), suffix=TEMP_SUFFIX,
+                                       dir=folder)
+        except OSError as exc:
+            raise state_error("rollback state", folder, exc) from None
+        try:
+            os.write(fd, b" " * 512)
+            os.fsync(fd)
+        except OSError as exc:
+            raise state_error("rollback state", folder, exc) from None
+        finally:
+            os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
     def record(self, m: BundleManifest) -> None:
         """Persist ``m`` as the accepted release (after a successful open + smoke inference).
 
         Check and write happen under an exclusive lock on ``rollback/.<family>.lock`` (POSIX),
-        so two processes accepting bundles of one family cannot lower the counter.
+        so two processes accepting bundles of one family cannot lower the counter. Recording the
+        release already on record writes nothing (it works on a read-only state folder).
+
+        Raises:
+            RollbackError: ``m`` is below (or reuses) the accepted release.
+            StateError: the state folder cannot be written.
         """
+        self.check(m)
+        cur = self.get(m.family)
+        if cur is not None and cur.release == m.release:
+            return
         path = self._path(m.family)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(path.parent / f".{m.family}.lock"):
+        with locked(path.parent / f".{m.family}.lock", "rollback state"):
             self.check(m)
             cur = self.get(m.family)
             if cur is not None and cur.release == m.release:
                 return
             rec = {"family": m.family, "release": m.release, "bundle_id": m.bundle_id,
                    "accepted_at": format_time(datetime.now(timezone.utc)), "version": STATE_VERSION}
-            durable_write(path, canonical_json(rec))
+            try:
+                durable_write(path, canonical_json(rec))
+            except OSError as exc:
+                raise state_error("rollback state", path, exc) from None
 
 
 @contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
+def locked(lock_path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (POSIX; the folder and the file are created
+    if missing; an existing lock file on a read-only filesystem is locked read-only).
+
+    Raises:
+        StateError: the lock file cannot be created or opened (``what`` names the state).
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: atomic replace only
         yield
         return
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    flags = getattr(os, "O_CLOEXEC", 0)
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | flags, 0o600)
+        except OSError:
+            fd = os.open(lock_path, os.O_RDONLY | flags)
+    except OSError as exc:
+        raise state_error(what, lock_path, exc) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
