@@ -28,6 +28,37 @@ def temp_owner(filename: str) -> int | None:
     return int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
 
 
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers (from an earlier, failed call) are not in flight
+    if os.name == "nt":  # pragma: no cover - os.kill(pid, 0) would terminate it
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> None:
+    """Delete the temporary files ``atomic_write_bytes`` left in ``folder`` from this process
+    or from processes that are gone; never a live process's in-flight file, nor a file whose
+    name carries no pid. Errors are ignored (a leftover is harmless)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        pid = temp_owner(name)
+        if pid is not None and not _alive(pid):
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:
+                pass
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int | None = None) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
 

@@ -130,3 +130,24 @@ def test_two_processes_install_at_once(other: str, workers: list[subprocess.Pope
                f"{refused[:2]}")
     print(summary)
     assert not unusable and not untyped and not refused, summary
+
+
+def test_temp_cleanup_spares_live_processes(tmp_path: Path) -> None:
+    from edgemed_runtime.util import remove_stale_temps, temp_prefix
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        names = {"live": temp_prefix("a.edgemed", live.pid) + "x1.tmp",
+                 "dead": temp_prefix("a.edgemed", dead.pid) + "x2.tmp",
+                 "own": temp_prefix("a.edgemed") + "x3.tmp",
+                 "no-pid": ".a.edgemed.x4.tmp", "not-temp": "a.edgemed"}
+        for n in names.values():
+            (tmp_path / n).write_bytes(b"")
+        remove_stale_temps(tmp_path)
+        left = {k for k, n in names.items() if (tmp_path / n).exists()}
+        assert left == {"live", "no-pid", "not-temp"}
+    finally:
+        live.kill()
+        live.wait()

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import BundleError, EdgemedError, RollbackError
 from ..session import Session
-from ..util import temp_owner
+from ..util import remove_stale_temps
 from .container import pack_archive
 from .format import ARCHIVE_SUFFIX, BundleManifest, canonical_json, check_family
 from .loader import open_bundle, open_verified, verify_bundle
@@ -40,34 +40,6 @@ _UNCHANGED = "; the installed bundle was not changed"
 
 def _family_dir(store_dir: str | os.PathLike[str], family: str) -> Path:
     return Path(store_dir) / check_family(family)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own leftovers (an earlier call of this process) are not in flight
-    if os.name == "nt":  # pragma: no cover - os.kill(pid, 0) would terminate it
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def _cleanup_temp(folder: Path) -> None:
-    """Remove temporary files of this process or of dead ones from ``folder`` (never a live
-    process's in-flight file, nor a file whose name carries no pid)."""
-    if not folder.is_dir():
-        return
-    for p in folder.iterdir():
-        pid = temp_owner(p.name)
-        if pid is not None and not _alive(pid):
-            try:
-                p.unlink()
-            except OSError:
-                pass
 
 
 def _installed_release(fam: Path) -> int | None:
@@ -131,8 +103,8 @@ def install_bundle(
         sess.close()
         state.ensure_writable(m.family)
         bundles = fam / "bundles"
-        _cleanup_temp(bundles)
-        _cleanup_temp(fam)
+        remove_stale_temps(bundles)
+        remove_stale_temps(fam)
         dest = bundles / f"{m.release:020d}-{m.bundle_id}{ARCHIVE_SUFFIX}"
         _store_write(dest, pack_archive(vb.files.all_files()))
         try:

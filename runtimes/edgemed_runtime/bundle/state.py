@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import BundleError, RollbackError, StateError
-from ..util import TEMP_SUFFIX, atomic_write_bytes, temp_prefix
+from ..util import TEMP_SUFFIX, atomic_write_bytes, remove_stale_temps, temp_prefix
 from .format import BundleManifest, canonical_json, check_family, format_time
 
 STATE_VERSION = 1
@@ -153,6 +153,7 @@ class RollbackState:
         folder = self._path(family).parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(folder)  # probes and records of killed processes
             fd, tmp = tempfile.mkstemp(prefix=temp_prefix("probe"), suffix=TEMP_SUFFIX,
                                        dir=folder)
         except OSError as exc:
