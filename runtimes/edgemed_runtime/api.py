@@ -49,8 +49,9 @@ def open(  # noqa: A001 - mirrors builtins.open on purpose: edgemed.runtime.open
     """Open a model for inference.
 
     Args:
-        source: an Artifact, an artifact directory, a bundle (directory or ``.edgemed`` file),
-            or a plain ``.onnx`` file.
+        source: an Artifact, an artifact directory, a bundle (directory, or archive: a tar
+            file, whatever its suffix; a ``.edgemed`` file is always read as one), or a plain
+            ``.onnx`` file.
         backend: override the artifact's backend.
         options: backend options (threads...), merged over the artifact's.
         preprocess: PreprocessSpec for a plain ONNX file (artifacts carry their own).
@@ -72,8 +73,11 @@ def open(  # noqa: A001 - mirrors builtins.open on purpose: edgemed.runtime.open
         )
     if p.is_dir() and (p / ARTIFACT_FILE).is_file():
         return open_artifact(Artifact.load(p), backend=backend, options=options)
+    from .bundle.container import is_archive
+
+    # a bundle is recognised by its content (as open_bundle reads it), not by its suffix
     if (p.is_dir() and ((p / "bundle.json").is_file() or (p / "model.sig").is_file())) \
-            or p.suffix == ".edgemed":
+            or (p.is_file() and (p.suffix == ".edgemed" or is_archive(p))):
         from .bundle import open_bundle
 
         return open_bundle(p, backend=backend, options=options, **bundle_args)

@@ -32,7 +32,7 @@ from edgemed_runtime.errors import (
     RollbackError,
 )
 
-from .conftest import EXPIRES, Keys, copy_bundle, open_args, resign
+from .conftest import CREATED, EXPIRES, Keys, copy_bundle, open_args, resign
 
 X = np.zeros((1, 1, 8, 8), np.float32)
 
@@ -332,7 +332,7 @@ CASES = [
     Case("payload-append", append("payload/model.onnx.enc"), I, "hash-mismatch"),
     Case("payload-delete", delete("payload/model.onnx.enc"), I, "missing-file"),
     Case("key-flip", flip_wrapped, I, "unwrap-failed"),
-    Case("key-flip-byte", flip_mid("KEY"), D, "wrong-device-key-type"),
+    Case("key-flip-byte", flip_mid("KEY"), I, "wrapped-key-invalid"),  # hits the scheme
     Case("key-truncate", truncate("KEY"), I, "wrapped-key-invalid"),
     Case("key-append", append("KEY"), I, "wrapped-key-invalid"),
     Case("key-delete", delete("KEY"), D, "no-device-key"),
@@ -351,7 +351,7 @@ CASES = [
     Case("symlink-payload", symlink_payload, I, "symlink"),
     Case("symlink-extra", symlink_extra, I, "symlink"),
     Case("archive-symlink", rebuild_archive(lambda ms: ms.append(_member("notes", type_=tarfile.SYMTYPE, link="/etc/passwd"))), I, "symlink", base="r2a"),
-    Case("archive-hardlink", rebuild_archive(lambda ms: ms.append(_member("notes", type_=tarfile.LNKTYPE, link="bundle.json"))), I, "symlink", base="r2a"),
+    Case("archive-hardlink", rebuild_archive(lambda ms: ms.append(_member("notes", type_=tarfile.LNKTYPE, link="bundle.json"))), I, "hardlink", base="r2a"),
     Case("archive-fifo", rebuild_archive(lambda ms: ms.append(_member("notes", type_=tarfile.FIFOTYPE))), I, "not-regular-file", base="r2a"),
     Case("archive-duplicate", rebuild_archive(lambda ms: ms.append(_member("bundle.json", b"{}"))), I, "duplicate-entry", base="r2a"),
     # manifest / signature
@@ -455,7 +455,7 @@ def test_wrong_passphrase(artifact: Any, tmp_path: Path, keys: Keys, pristine: d
     dev = generate_keypair(tmp_path, kind="device", name="locked", passphrase="correct horse")
     b = seal(artifact, tmp_path / "b", publisher_key=keys.publisher.private_path,
              options=SealOptions(family="tiny", release=1, expires=EXPIRES),
-             recipients=[Recipient.load(dev.public_path)])
+             recipients=[Recipient.load(dev.public_path)], created=CREATED)
     state = tmp_path / "state"
     for pw, code in ((None, "bad-passphrase"), ("wrong", "bad-passphrase")):
         with pytest.raises(BundleError) as ei:

@@ -5,7 +5,7 @@ model file to disk."""
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -126,8 +126,18 @@ class OnnxRuntimeBackend(Backend):
     formats = ("onnx", "onnx-qdq", "ort", "trt-plan-recipe")
     requires = ("onnxruntime",)
     modules = ("onnxruntime",)
+    #: ``open(..., external=)`` takes a split model's initializers from memory (bundle weights)
+    accepts_external_weights = True
 
-    def open(self, model: bytes, io: IOSpec, options: Mapping[str, Any]) -> BackendSession:
+    def open(self, model: bytes, io: IOSpec, options: Mapping[str, Any],
+             external: Sequence[tuple[str, np.ndarray]] | None = None) -> BackendSession:
+        """A session for ``model`` bytes. ``external``: ``(name, array)`` initializers the graph
+        marks external, read in place (``add_external_initializers``, no copy); the caller keeps
+        the arrays alive and unchanged while the session is open.
+
+        Raises:
+            BackendError(code="model-load-failed"): onnxruntime refuses the model or tensors.
+        """
         import onnxruntime as ort
 
         from .tensorrt import RECIPE_MAGIC, unpack_recipe
@@ -142,6 +152,9 @@ class OnnxRuntimeBackend(Backend):
                 # XNNPACK has its own pool; ORT's would spin against it
                 so.intra_op_num_threads = 1
                 so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            values = [ort.OrtValue.ortvalue_from_numpy(a) for _, a in external or ()]
+            if values:
+                so.add_external_initializers([n for n, _ in external or ()], values)
             sess = ort.InferenceSession(model, sess_options=so, providers=providers,
                                         provider_options=provider_options(providers, options))
         except BackendError:
@@ -150,4 +163,6 @@ class OnnxRuntimeBackend(Backend):
             raise library_error("onnxruntime cannot load the model", exc,
                                 expected="a valid ONNX / ORT model",
                                 code="model-load-failed") from None
-        return _OrtSession(sess)
+        bs = _OrtSession(sess)
+        bs.external_values = values  # onnxruntime reads them in place: keep them alive
+        return bs

@@ -1,17 +1,22 @@
 """Reading a bundle's files from a directory or a ``.edgemed`` archive (an uncompressed POSIX
-tar of the same files) into memory, refusing links, special files, unsafe names, duplicates and
-oversized entries before anything is parsed. Also writes the deterministic archive form.
+tar of the same files) into memory, refusing links, special files, empty folders, unsafe names,
+duplicates and oversized entries before anything is parsed. Files are opened without following
+links and without blocking (a FIFO swapped in later is refused, never waited on), and each is
+read once: what is hashed is what is decrypted. Also writes the deterministic archive form.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Mapping
+
+import numpy as np
 
 from ..errors import BundleError, IntegrityError, InvalidInputError
 from .format import (
@@ -33,24 +38,81 @@ from .format import (
 _MAX_FILE_BYTES = MAX_PAYLOAD_BYTES + (MAX_PAYLOAD_BYTES // 4096 + 1) * 16
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_OPEN_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) \
+    | getattr(os, "O_BINARY", 0)
+
+
+def open_regular(path: str | os.PathLike[str], rel: str) -> BinaryIO:
+    """Open a bundle file for reading: never follows a symbolic link, never blocks (a FIFO or
+    device is refused, not waited on), regular files only. ``rel`` names it in errors.
+
+    Raises:
+        IntegrityError: ``symlink``, ``not-regular-file``, or ``bad-archive`` (cannot be read).
+    """
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        if _NOFOLLOW and exc.errno == errno.ELOOP:
+            raise IntegrityError("bundle file became a symbolic link", found=rel,
+                                 fix="bundles hold regular files only; get a fresh copy",
+                                 code="symlink") from None
+        raise IntegrityError("bundle file cannot be read", found=f"{rel}: {exc.strerror}",
+                             fix="check the bundle's files and permissions",
+                             code="bad-archive") from None
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        mode = 0
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise IntegrityError("bundle file is not a regular file", expected="a regular file",
+                             found=rel, fix="bundles hold regular files only; get a fresh copy",
+                             code="not-regular-file")
+    return os.fdopen(fd, "rb")
+
+
 @dataclass(frozen=True)
 class FileRef:
     """A payload left on disk by ``read_bundle(lazy=True)``: ``size`` bytes at ``offset`` of
-    ``path`` (a payload file, or a member of an archive). The loader streams it chunk by chunk,
-    hashing and decrypting each chunk from one private buffer (no 45 MB read copy)."""
+    ``path`` (a payload file, or a member of an archive). The loader reads it once, with
+    ``load``, into a private buffer that it then hashes and decrypts."""
 
     path: Path
     offset: int
     size: int
+    rel: str = ""  # its path inside the bundle (for errors)
 
     def __len__(self) -> int:
         return self.size
 
+    def load(self) -> memoryview:
+        """Read it once into a fresh private buffer (a uint8 array from 1 MiB, else a
+        bytearray); a file that shrank gives fewer bytes (its digest then fails).
+
+        Raises:
+            IntegrityError: ``symlink`` / ``not-regular-file`` (replaced since it was listed:
+                never followed, never blocked on), ``bad-archive`` (unreadable).
+        """
+        buf: Any = np.empty(self.size, dtype=np.uint8) if self.size >= 1 << 20 else bytearray(self.size)
+        view = memoryview(buf).cast("B")
+        got = 0
+        with open_regular(self.path, self.rel or str(self.path)) as f:
+            try:
+                f.seek(self.offset)
+                while got < self.size:
+                    k = f.readinto(view[got:])
+                    if not k:
+                        break
+                    got += k
+            except OSError as exc:
+                raise IntegrityError("bundle file cannot be read", found=f"{self.rel}: "
+                                     f"{exc.strerror}", code="bad-archive") from None
+        return view[:got]
+
     def read(self) -> bytes:
-        """All of it (what it held when read; a shorter file gives fewer bytes)."""
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            return f.read(self.size)
+        """All of it, as bytes (see ``load``)."""
+        return bytes(self.load())
 
 
 @dataclass(frozen=True)
@@ -120,12 +182,30 @@ def _split(source: Path, archive: bool, entries: dict[str, Any]) -> BundleFiles:
     return BundleFiles(source, archive, entries[SIGNATURE_FILE], files, keys)
 
 
+# The layout's folders may be empty: keys/ once its last device is removed, payload/ when its
+# files are missing (then reported as missing-file). Any other empty folder is refused.
+_LAYOUT_FOLDERS = (KEYS_DIR, PAYLOAD_DIR)
+
+
+def _empty_folder(rel: str) -> IntegrityError:
+    return IntegrityError(
+        "bundle contains an empty folder", expected="only bundle.json, model.sig, payload/*.enc "
+        "and keys/*.json", found=rel + "/", fix="remove the folder, or get a fresh copy of the "
+        "bundle", code="empty-folder",
+    )
+
+
 def _read_dir(root: Path, lazy: bool) -> BundleFiles:
     entries: dict[str, Any] = {}
 
     def walk(d: Path, prefix: str, depth: int) -> None:
-        with os.scandir(d) as it:
-            items = sorted(it, key=lambda e: e.name)
+        try:
+            with os.scandir(d) as it:
+                items = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise IntegrityError("bundle folder cannot be read", found=f"{prefix or '.'}: "
+                                 f"{exc.strerror}", fix="check its permissions",
+                                 code="bad-archive") from None
         for e in items:
             rel = prefix + e.name
             st = os.lstat(e.path)
@@ -137,18 +217,22 @@ def _read_dir(root: Path, lazy: bool) -> BundleFiles:
                 if depth >= 2:
                     raise IntegrityError("bundle folders nest too deep", found=rel,
                                          code="unsafe-path")
+                before = len(entries)
                 walk(Path(e.path), rel + "/", depth + 1)
+                if len(entries) == before and rel not in _LAYOUT_FOLDERS:
+                    raise _empty_folder(rel)
                 continue
             if not stat.S_ISREG(st.st_mode):
                 raise IntegrityError("bundle contains a special file", found=rel,
+                                     fix="bundles hold regular files only",
                                      code="not-regular-file")
             _check_entry(rel, st.st_size)
             if len(entries) >= MAX_FILES + MAX_KEY_FILES + 1:
                 raise IntegrityError("bundle holds too many files", code="oversized")
             if _lazy(rel, lazy):
-                entries[rel] = FileRef(Path(e.path), 0, st.st_size)
+                entries[rel] = FileRef(Path(e.path), 0, st.st_size, rel)
                 continue
-            with open(e.path, "rb") as f:
+            with open_regular(e.path, rel) as f:
                 data = f.read(_limit(rel) + 1)
             _check_entry(rel, len(data))
             entries[rel] = data
@@ -159,18 +243,25 @@ def _read_dir(root: Path, lazy: bool) -> BundleFiles:
 
 def _read_archive(path: Path, lazy: bool) -> BundleFiles:
     entries: dict[str, Any] = {}
+    folders: set[str] = set()
     try:
-        with open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tf:
+        with open_regular(path, path.name) as fh, tarfile.open(fileobj=fh, mode="r:") as tf:
             for m in tf:
                 name = m.name
                 if m.isdir():
-                    check_relpath(name.rstrip("/"), what="folder name")
+                    folders.add(check_relpath(name.rstrip("/"), what="folder name"))
                     continue
-                if m.issym() or m.islnk():
-                    raise IntegrityError("bundle archive contains a link", found=name,
+                if m.issym():
+                    raise IntegrityError("bundle archive contains a symbolic link", found=name,
                                          fix="bundles hold regular files only", code="symlink")
+                if m.islnk():
+                    raise IntegrityError("bundle archive contains a hard link", found=name,
+                                         expected="regular file entries only",
+                                         fix="bundles hold regular files only; re-create the "
+                                         "archive with edgemed bundle", code="hardlink")
                 if not m.isreg():
                     raise IntegrityError("bundle archive contains a special entry", found=name,
+                                         fix="bundles hold regular files only",
                                          code="not-regular-file")
                 _check_entry(name, m.size)
                 if name in entries:
@@ -179,7 +270,7 @@ def _read_archive(path: Path, lazy: bool) -> BundleFiles:
                 if len(entries) >= MAX_FILES + MAX_KEY_FILES + 1:
                     raise IntegrityError("bundle holds too many files", code="oversized")
                 if _lazy(name, lazy):
-                    entries[name] = FileRef(path, m.offset_data, m.size)
+                    entries[name] = FileRef(path, m.offset_data, m.size, name)
                     continue
                 f = tf.extractfile(m)
                 data = f.read() if f is not None else b""
@@ -200,7 +291,22 @@ def _read_archive(path: Path, lazy: bool) -> BundleFiles:
     except (OSError, EOFError) as exc:
         raise IntegrityError("bundle archive cannot be read", found=str(exc)[:200],
                              code="bad-archive") from None
+    # a folder entry is skipped, but one that no file is under is an empty folder
+    for d in sorted(folders):
+        if d not in _LAYOUT_FOLDERS and not any(p.startswith(d + "/") for p in entries):
+            raise _empty_folder(d)
     return _split(path, True, entries)
+
+
+def is_archive(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a regular file holding a POSIX tar header (``ustar`` magic), i.e.
+    a bundle archive by its content, whatever its suffix (``read_bundle`` then checks it)."""
+    try:
+        with open_regular(path, str(path)) as f:
+            head = f.read(tarfile.BLOCKSIZE)
+    except IntegrityError:
+        return False
+    return len(head) == tarfile.BLOCKSIZE and head[257:262] == b"ustar"
 
 
 def read_bundle(source: str | os.PathLike[str], *, lazy: bool = False) -> BundleFiles:

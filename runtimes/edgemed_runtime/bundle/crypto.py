@@ -207,13 +207,23 @@ def unwrap_data_key(scheme: str, wrapped_b64: str, private_key: Any, bundle_id: 
     """Unwrap a data key with the device's private key.
 
     Raises:
-        DeviceMismatchError(code="wrong-device-key-type"): the scheme does not fit the key.
+        IntegrityError(code="wrapped-key-invalid"): ``scheme`` is none of WRAP_SCHEMES (the
+            key file is corrupted).
+        DeviceMismatchError(code="wrong-device-key-type"): a known scheme for another key type.
         IntegrityError(code="unwrap-failed"): the wrapped key does not open (tampered, or made
             for another device or bundle).
     """
-    if scheme not in WRAP_SCHEMES or scheme_for(private_key.public_key()) != scheme:
+    if scheme not in WRAP_SCHEMES:
+        raise IntegrityError("the wrapped key file is corrupted: unknown wrap scheme",
+                             expected=", ".join(WRAP_SCHEMES), found=repr(scheme)[:64],
+                             fix="re-add this device with edgemed keys add-device",
+                             code="wrapped-key-invalid")
+    mine = scheme_for(private_key.public_key())
+    if mine != scheme:
         raise DeviceMismatchError("wrapped key scheme does not fit this device key",
-                                  expected=scheme_for(private_key.public_key()), found=str(scheme)[:64],
+                                  expected=mine, found=str(scheme)[:64],
+                                  fix="pass the device key this bundle was sealed for, or re-add "
+                                  "this device with edgemed keys add-device",
                                   code="wrong-device-key-type")
     info = wrap_info(bundle_id, recipient)
     try:

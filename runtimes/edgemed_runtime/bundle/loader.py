@@ -1,13 +1,16 @@
 """Verify, inspect and open bundles on a device.
 
 Order (docs/bundle-format.md, "Loading"): read files (limits, names, no links) -> OMS signature
-with the pinned publisher key -> every signed SHA-256 -> bundle.json -> format version, runtime
-version, expiry, hardware id, target -> release counter vs the device's state -> unwrap the data
-key -> key commitment -> decrypt into memory -> backend session from bytes -> smoke inference ->
-persist the accepted release. The payloads' SHA-256 checks run on a second thread while
-decrypting and creating the session; nothing is handed out or recorded before they pass (the
-plaintext was already authenticated by AES-GCM under the signed key commitment). Nothing
-decrypted is ever written to disk. Each call builds its own verifier state.
+with the pinned publisher key -> every signed SHA-256 -> bundle.json (schema) -> format version,
+runtime version, creation time, expiry, hardware id, target -> release counter vs the device's
+state -> unwrap the data key -> key commitment -> per payload: read it once into memory, check its
+signed SHA-256 (on a second thread, overlapping only its own AES-GCM decryption) -> inflate ->
+backend session from bytes -> smoke inference -> persist the accepted release.
+
+Hash before parse: all devices share one data key, so AES-GCM alone does not stop a holder of
+any device key from re-encrypting modified bytes; no parser (zlib, the weights index,
+onnxruntime, OpenVINO...) sees a payload before its signed digest matched. Nothing decrypted is
+ever written to disk. Each call builds its own verifier state.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import base64
 import ctypes
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,22 +35,23 @@ from ..errors import (
     IntegrityError,
     InvalidInputError,
 )
-from ..iospec import IOSpec
-from ..preprocess import PreprocessSpec
 from ..session import Session
 from .compress import decompress_payload
 from .container import BundleFiles, FileRef, read_bundle
 from .crypto import (
+    WRAP_SCHEMES,
     check_commitment,
     decrypt_stream,
     scheme_for,
     unwrap_data_key,
 )
 from .format import (
+    CLOCK_SKEW,
     KEYS_DIR,
     MANIFEST_FILE,
     WRAPPED_KEY_KIND,
     BundleManifest,
+    format_time,
     parse_manifest,
     parse_version,
 )
@@ -70,7 +74,8 @@ class VerifiedBundle:
     files: BundleFiles
     manifest: BundleManifest
     statement: SignedStatement
-    pending: frozenset[str] = frozenset()  # payloads whose SHA-256 is still to be checked
+    # payloads whose SHA-256 is still to be checked (by decrypt_payloads, before any parser)
+    pending: frozenset[str] = frozenset()
 
 
 def _now(now: datetime | None) -> datetime:
@@ -101,14 +106,16 @@ def verify_bundle(
         target: this device's target profile name; checked when given.
         require_hardware: refuse a hardware-restricted bundle when no ``hardware_id`` is given
             (True on devices; ``edgemed verify`` passes False).
-        check_expiry: refuse an expired bundle (``inspect`` passes False).
+        check_expiry: refuse an expired bundle, or one created more than CLOCK_SKEW (1 day)
+            after ``now`` (``inspect`` passes False).
         defer_payload_hashes: leave the payloads on disk and their SHA-256 checks to
-            ``decrypt_payloads``, which hashes each chunk as it decrypts it (nothing is
-            returned or recorded before the digests match). Everything else is checked here.
+            ``decrypt_payloads``, which reads each payload once and checks its digest before
+            anything parses it. Everything else is checked here.
     Returns:
         a VerifiedBundle.
     Raises:
-        IntegrityError / BundleError / ExpiredError / DeviceMismatchError with specific codes.
+        IntegrityError / BundleError / ExpiredError / DeviceMismatchError with specific codes
+        (``not-yet-valid``: created in the future, beyond the clock skew).
     """
     if trust is None:
         raise BundleError("no publisher key pinned", expected="trust=<publisher .pub>",
@@ -135,8 +142,15 @@ def verify_bundle(
     t = _now(now)
     if check_expiry and t >= m.expires_at:
         raise ExpiredError("bundle has expired", expected=f"before {m.expires}",
-                           found=t.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                           found=format_time(t),
                            fix="install a newer bundle from the publisher", code="expired")
+    if check_expiry and m.created_at > t + CLOCK_SKEW:
+        raise BundleError(
+            "bundle was created in the future", expected=f"created before {format_time(t + CLOCK_SKEW)} "
+            f"(now + {CLOCK_SKEW.days} day of clock skew)", found=f"created {m.created}",
+            fix="check this device's clock (UTC); if it is right, the publisher's clock was "
+            "wrong: ask for a re-sealed bundle", code="not-yet-valid",
+        )
     if m.hardware_ids and (require_hardware or hardware_id is not None) \
             and hardware_id not in m.hardware_ids:
         raise DeviceMismatchError(
@@ -159,124 +173,100 @@ def wrapped_key_entry(vb: VerifiedBundle, recipient: str) -> Mapping[str, Any]:
             found=f"{len(vb.files.keys)} device key(s)",
             fix="ask the publisher to run: edgemed keys add-device", code="no-device-key",
         )
+    rel = f"{KEYS_DIR}/{recipient}.json"
+    readd = ("re-add this device with: edgemed keys add-device BUNDLE --device DEVICE.pub "
+             "--unwrap-key KEY --trust PUBLISHER.pub")
     try:
         d = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         d = None
     if not isinstance(d, dict) or d.get("kind") != WRAPPED_KEY_KIND or d.get("version") != 1 \
             or not isinstance(d.get("scheme"), str) or not isinstance(d.get("wrapped"), str):
-        raise IntegrityError("wrapped key file is malformed", found=f"{KEYS_DIR}/{recipient}.json",
+        raise IntegrityError("this device's wrapped key file is corrupted or unreadable",
+                             expected=f'JSON with "kind": "{WRAPPED_KEY_KIND}", "version": 1, '
+                             '"scheme", "wrapped"', found=rel, fix=readd,
                              code="wrapped-key-invalid")
+    if d["scheme"] not in WRAP_SCHEMES:
+        raise IntegrityError("this device's wrapped key file is corrupted: unknown wrap scheme",
+                             expected=", ".join(WRAP_SCHEMES), found=repr(d["scheme"])[:64],
+                             fix=readd, code="wrapped-key-invalid")
     if d.get("bundle_id") != vb.manifest.bundle_id or d.get("recipient") != recipient:
         raise IntegrityError("wrapped key file belongs to another bundle or device",
                              expected=f"bundle {vb.manifest.bundle_id}, device {recipient}",
                              found=f"bundle {d.get('bundle_id')}, device {d.get('recipient')}"[:200],
-                             code="wrapped-key-invalid")
+                             fix=readd, code="wrapped-key-invalid")
     return d
-
-
-class _DigestChecker:
-    """Checks the SHA-256 of deferred payloads on one worker thread (hashlib releases the GIL),
-    overlapping decryption and backend session creation. ``result()`` joins and raises
-    ``hash-mismatch``; callers hand nothing out before it returns."""
-
-    def __init__(self, vb: VerifiedBundle) -> None:
-        self._vb = vb
-        self._pool: ThreadPoolExecutor | None = None
-        self._futures: list[Any] = []
-
-    def submit(self, name: str, data: Any) -> None:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgemed-sha256")
-        self._futures.append(self._pool.submit(check_digest, self._vb.statement, name, data))
-
-    def result(self) -> None:
-        try:
-            for f in self._futures:
-                f.result()
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
-
-def _read_ref(ref: FileRef) -> Any:
-    """Read a FileRef into a private buffer (what is hashed is what is decrypted)."""
-    buf = np.empty(ref.size, dtype=np.uint8) if ref.size >= 1 << 20 else bytearray(ref.size)
-    view = memoryview(buf).cast("B")
-    got = 0
-    with open(ref.path, "rb", buffering=0) as f:
-        f.seek(ref.offset)
-        while got < ref.size:
-            k = f.readinto(view[got:])
-            if not k:
-                break
-            got += k
-    return view[:got]
 
 
 def decrypt_payloads(vb: VerifiedBundle, device_key: Any, *,
                      password: str | bytes | None = None) -> dict[str, Any]:
     """Unwrap the data key with the device key, check the commitment, decrypt every payload.
 
-    Returns ``{plaintext name: buffer}`` (bytearray or uint8 array; in memory only, wipe it
-    after use). Payload digests still pending on ``vb`` are checked meanwhile on a second
-    thread; a digest mismatch is reported (``hash-mismatch``) in preference to any other
-    failure of a payload.
+    Each payload still pending on ``vb`` is read once into memory and its signed SHA-256 is
+    checked (on a second thread, overlapping its AES-GCM decryption) before it is inflated or
+    returned: no parser ever sees bytes whose digest does not match.
+
+    Returns:
+        ``{plaintext name: buffer}`` (bytearray or uint8 array; in memory only, wipe it after use).
+    Raises:
+        IntegrityError: ``hash-mismatch`` (reported in preference to any other failure of the
+            same payload), ``decrypt-failed``, ``length-mismatch``, ``unwrap-failed``,
+            ``key-commitment``, ``wrapped-key-invalid``, ``decompress*``, container codes.
+        DeviceMismatchError / BundleError: no key for this device, unsupported key.
     """
-    checker = _DigestChecker(vb)
-    out = _decrypt(vb, device_key, password, checker)
-    try:
-        checker.result()
-    except BaseException:
-        wipe(out)
-        raise
-    return out
-
-
-def _decrypt(vb: VerifiedBundle, device_key: Any, password: str | bytes | None,
-             checker: _DigestChecker) -> dict[str, Any]:
-    """Decrypt every payload; deferred digests go to ``checker`` (joined on failure here, by
-    the caller on success)."""
-    try:
-        priv = load_private_key(device_key, password=password, what="device private key")
-        scheme_for(priv.public_key())  # refuse unsupported device key types up front
-        recipient = fingerprint(priv.public_key())
-        w = wrapped_key_entry(vb, recipient)
-        m = vb.manifest
-        dk = unwrap_data_key(w["scheme"], w["wrapped"], priv, m.bundle_id_bytes, recipient)
-        check_commitment(dk, m.bundle_id_bytes, m.key_commitment)
-    except BaseException:
-        checker.close()
-        raise
+    priv = load_private_key(device_key, password=password, what="device private key")
+    scheme_for(priv.public_key())  # refuse unsupported device key types up front
+    recipient = fingerprint(priv.public_key())
+    w = wrapped_key_entry(vb, recipient)
+    m = vb.manifest
+    dk = unwrap_data_key(w["scheme"], w["wrapped"], priv, m.bundle_id_bytes, recipient)
+    check_commitment(dk, m.bundle_id_bytes, m.key_commitment)
     out: dict[str, Any] = {}
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgemed-sha256") \
+        if vb.pending else None
     try:
         for p in m.payloads:
-            src = vb.files.files[p.path]
-            if isinstance(src, FileRef):
-                if p.path not in vb.pending:
-                    raise IntegrityError("payload was not scheduled for verification",
-                                         found=p.path, code="hash-mismatch")
-                src = _read_ref(src)
-            if p.path in vb.pending:
-                checker.submit(p.path, src)
-            plain = decrypt_stream(dk, m.bundle_id_bytes, p, m.release, src)
-            if p.compression != "none":
-                # authenticated above; inflate with a hard cap at the signed size
-                try:
-                    out[p.name] = decompress_payload(p, plain)
-                finally:
-                    wipe({"stored": plain})
-            else:
-                out[p.name] = plain
+            out[p.name] = _payload(vb, p, dk, pool)
     except BaseException:
         wipe(out)
-        checker.result()  # a digest mismatch explains the failure better
         raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     return out
+
+
+def _payload(vb: VerifiedBundle, p: Any, dk: bytes, pool: ThreadPoolExecutor | None) -> Any:
+    """One payload: read once, digest checked (if pending) before it is inflated."""
+    m = vb.manifest
+    src = vb.files.files[p.path]
+    digest: Future[None] | None = None
+    if p.path in vb.pending:
+        if isinstance(src, FileRef):
+            src = src.load()
+        assert pool is not None
+        digest = pool.submit(check_digest, vb.statement, p.path, src)
+    elif isinstance(src, FileRef):
+        raise IntegrityError("payload was not scheduled for verification", found=p.path,
+                             code="hash-mismatch")
+    try:
+        plain = decrypt_stream(dk, m.bundle_id_bytes, p, m.release, src)
+    except BaseException:
+        if digest is not None:
+            digest.result()  # a digest mismatch explains the failure better
+        raise
+    try:
+        if digest is not None:
+            digest.result()
+    except BaseException:
+        wipe({"plain": plain})
+        raise
+    if p.compression == "none":
+        return plain
+    try:  # verified and authenticated; inflate with a hard cap at the signed size
+        return decompress_payload(p, plain)
+    finally:
+        wipe({"stored": plain})
 
 
 def wipe(buffers: Mapping[str, Any]) -> None:
@@ -289,7 +279,13 @@ def wipe(buffers: Mapping[str, Any]) -> None:
 
 def _smoke(sess: Session) -> None:
     io = sess.io
-    x = np.zeros(io.input_shape, dtype=np.dtype(io.input_dtype))
+    try:
+        x = np.zeros(io.input_shape, dtype=np.dtype(io.input_dtype))
+    except MemoryError:
+        raise BundleError("the smoke inference input does not fit in memory",
+                          found="x".join(map(str, io.input_shape)),
+                          fix="free memory, or use a bundle with a smaller io.input_shape",
+                          code="smoke-failed") from None
     try:
         outs = sess.run({io.input_name: x})
     except EdgemedError as exc:
@@ -309,17 +305,18 @@ def open_verified(
     persist: bool = True,
     smoke: bool = True,
 ) -> Session:
-    """Open an already verified bundle (see ``open_bundle``)."""
+    """Open an already verified bundle (see ``open_bundle``): release counter, decryption
+    (``decrypt_payloads``: digests before any parser), backend session, smoke inference, then
+    (``persist``) record the release.
+
+    Raises:
+        the errors of ``open_bundle``.
+    """
     from ..backends import get_backend
 
     m = vb.manifest
     state.check(m)
-    try:
-        io = IOSpec.from_dict(m.raw["io"])
-        pre = PreprocessSpec.from_dict(m.raw["preprocess"])
-    except (KeyError, TypeError, ValueError, InvalidInputError) as exc:
-        raise IntegrityError("bundle.json io/preprocess is invalid", found=str(exc)[:200],
-                             code="manifest-invalid") from None
+    io, pre = m.io, m.preprocess
     name = backend or m.backend
     be = get_backend(name)
     if m.artifact_format not in be.formats:
@@ -327,44 +324,30 @@ def open_verified(
                                 expected=", ".join(be.formats), found=m.artifact_format,
                                 code="backend-format")
     weights = m.weights_payload
-    if weights is not None and name != "onnxruntime":
+    if weights is not None and not getattr(be, "accepts_external_weights", False):
         raise InvalidInputError(f"backend {name!r} cannot load split weights",
-                                expected="backend onnxruntime", found=name,
-                                fix="re-seal with split_weights=False", code="backend-format")
-    # payload digests are checked on a second thread while we decrypt and create the
-    # session; the session is discarded unless they all match
-    checker = _DigestChecker(vb)
-    plain = _decrypt(vb, device_key, device_key_password, checker)
+                                expected="a backend that takes external weights (onnxruntime)",
+                                found=name, fix="re-seal with split_weights=False",
+                                code="backend-format")
+    # every payload's digest is checked before anything below parses it
+    plain = decrypt_payloads(vb, device_key, password=device_key_password)
     model_name = m.model_payload.name
     opts = {**dict(m.backend_options), **dict(options or {})}
-    try:
-        if weights is not None:
-            # onnxruntime reads the decrypted tensors in place; they are wiped when it closes
-            from .weights import open_ort_from_memory
+    if weights is not None:
+        # the backend reads the decrypted tensors in place; they are wiped when it closes
+        from .weights import open_with_weights
 
-            graph_buf, weight_buf = plain.pop(model_name), plain.pop(weights.name)
+        graph_buf, weight_buf = plain.pop(model_name), plain.pop(weights.name)
+        wipe(plain)
+        bs = open_with_weights(be, graph_buf, weight_buf, io, opts)
+    else:
+        try:
+            extras = {k: bytes(v) for k, v in plain.items() if k != model_name}
+            if extras:
+                opts["extra_files"] = extras
+            bs = be.open(bytes(plain[model_name]), io, opts)
+        finally:
             wipe(plain)
-            try:
-                bs = open_ort_from_memory(graph_buf, weight_buf, opts)
-            except BaseException:
-                wipe({"graph": graph_buf, "weights": weight_buf})
-                raise
-        else:
-            try:
-                extras = {k: bytes(v) for k, v in plain.items() if k != model_name}
-                if extras:
-                    opts["extra_files"] = extras
-                bs = be.open(bytes(plain[model_name]), io, opts)
-            finally:
-                wipe(plain)
-    except BaseException:
-        checker.result()  # a digest mismatch explains the failure better
-        raise
-    try:
-        checker.result()
-    except BaseException:
-        bs.close()
-        raise
     sess = Session(bs, io, pre, name, info={
         "format": m.artifact_format, "bundle_id": m.bundle_id, "family": m.family,
         "release": m.release, "version": m.version, "path": str(vb.files.source),
