@@ -13,7 +13,12 @@ Neither pydicom nor another dependency ships the Annex E table, so it is data he
 * Pixel Data is kept; Patient Identity Removed = YES; De-identification Method (+ code 113100).
 
 Not covered (the profile's options): Clean Pixel Data (burned-in text), Clean Descriptors,
-Retain Longitudinal Dates, Retain Safe Private. Outputs are written to a temp file, then renamed.
+Retain Longitudinal Dates, Retain Safe Private.
+
+Outputs: one file goes to a temp name, then is renamed. A folder is written into a staging folder
+beside the output, renamed into place once every file is done, so the output tree is complete
+or absent. A file that cannot be de-identified is left out and reported by relative path and
+error code (never a DICOM value); the rest of the folder is still written.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import shutil
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -185,17 +191,34 @@ def _apply(ds: "Dataset", mapper: UidMapper, top: bool) -> None:
                 elem.value = dummy
 
 
+NOT_DICOM_CODES = ("not-dicom", "empty-file")  # files that are not DICOM: skipped, not failures
+
+
 @dataclass(frozen=True)
 class DeidReport:
-    """What ``deidentify`` did: files written and skipped (relative path, error code)."""
+    """What ``deidentify`` did (relative paths, error codes; no DICOM values).
+
+    Fields:
+        written: files de-identified and written.
+        skipped: (path, code) of files that are not DICOM (``NOT_DICOM_CODES``), left out.
+        output: the output file or folder.
+        failed: (path, code) of DICOM files that could not be read or de-identified, left out.
+    """
 
     written: tuple[str, ...]
     skipped: tuple[tuple[str, str], ...]
     output: Path
+    failed: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when no DICOM file failed."""
+        return not self.failed
 
     def to_dict(self) -> dict[str, Any]:
         return {"output": str(self.output), "written": len(self.written),
                 "skipped": [{"path": p, "code": c} for p, c in self.skipped],
+                "failed": [{"path": p, "code": c} for p, c in self.failed],
                 "profile": METHOD}
 
 
@@ -230,23 +253,60 @@ def _is_hex(data: bytes) -> bool:
 
 
 def _write_atomic(ds: "Dataset", out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".deid-", suffix=".tmp", dir=out.parent)
-    os.close(fd)
+    """Write ``ds`` to a temp file beside ``out``, then rename it to ``out``.
+
+    Raises:
+        InvalidInputError: ``missing-file-meta`` (the input had no File Meta Information to
+            write), ``deid-failed`` (pydicom cannot encode the dataset), ``output-not-writable``.
+    """
+    meta = getattr(ds, "file_meta", None)
+    missing = [k for k in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID",
+                           "TransferSyntaxUID") if not (meta is not None and meta.get(k))]
+    if missing:
+        raise InvalidInputError("the file has no complete File Meta Information",
+                                code="missing-file-meta",
+                                expected="(0002,0002), (0002,0003) and (0002,0010)",
+                                found="missing: " + ", ".join(missing),
+                                fix="re-export the file as DICOM Part 10")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".deid-", suffix=".tmp", dir=out.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _not_writable(exc) from None
     try:
         ds.save_as(tmp, enforce_file_format=True)
         os.replace(tmp, out)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _not_writable(exc) from None
+    except Exception as exc:  # pydicom cannot encode a value of this (malformed) dataset
+        Path(tmp).unlink(missing_ok=True)
+        raise InvalidInputError("the de-identified file cannot be written", code="deid-failed",
+                                expected="a dataset pydicom can encode", found=type(exc).__name__,
+                                fix="re-export the file from the PACS") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _not_writable(exc: OSError) -> InvalidInputError:
+    reason = os.strerror(exc.errno) if exc.errno else "no reason given"
+    return InvalidInputError("cannot write the output", code="output-not-writable",
+                             expected="a writable output folder with free space",
+                             found=f"{type(exc).__name__} ({reason})",
+                             fix="check the output path, its permissions and free space")
+
+
 def deidentify(src: str | os.PathLike[str], out: str | os.PathLike[str], *, key: bytes) -> DeidReport:
     """De-identify one file (``src`` a file -> ``out`` a file) or a folder tree (mirrored).
 
+    A folder goes to a staging folder renamed to ``out`` at the end (``out`` must not exist, or be
+    an empty folder); files that fail are listed in ``DeidReport.failed`` and left out.
     Raises:
-        InvalidInputError: ``not-found``; ``same-path`` (out inside src or equal); for a single
-            file, any read error of the file.
+        InvalidInputError: ``not-found``; ``same-path`` (out inside src or equal);
+            ``output-exists`` (a folder run whose ``out`` is a file or a non-empty folder);
+            ``output-not-writable``; for a single file, any read or write error of the file.
     """
     from edgemed_runtime.dicom.quiet import quiet
 
@@ -254,9 +314,22 @@ def deidentify(src: str | os.PathLike[str], out: str | os.PathLike[str], *, key:
         return _deidentify(Path(src), Path(out), key)
 
 
-def _deidentify(src_p: Path, out_p: Path, key: bytes) -> DeidReport:
+def _deid_one(path: Path, out: Path, mapper: UidMapper) -> None:
     from edgemed_runtime.dicom import read_dataset
 
+    ds = read_dataset(path)
+    try:
+        ds = deidentify_dataset(ds, mapper)
+    except EdgemedError:
+        raise
+    except Exception as exc:  # a value of a malformed file that pydicom cannot convert
+        raise InvalidInputError("the file cannot be de-identified", code="deid-failed",
+                                expected="well-formed attribute values", found=type(exc).__name__,
+                                fix="re-export the file from the PACS") from None
+    _write_atomic(ds, out)
+
+
+def _deidentify(src_p: Path, out_p: Path, key: bytes) -> DeidReport:
     if not src_p.exists():
         raise InvalidInputError("input not found", found=str(src_p), code="not-found",
                                 fix="pass a DICOM file or a folder of them")
@@ -265,18 +338,39 @@ def _deidentify(src_p: Path, out_p: Path, key: bytes) -> DeidReport:
                                 expected="an output outside the input", found=str(out_p))
     mapper = UidMapper(key)
     if src_p.is_file():
-        ds = read_dataset(src_p)
-        _write_atomic(deidentify_dataset(ds, mapper), out_p)
+        _deid_one(src_p, out_p, mapper)
         return DeidReport((src_p.name,), (), out_p)
+    if out_p.exists() and not (out_p.is_dir() and not any(out_p.iterdir())):
+        raise InvalidInputError("the output folder already exists", code="output-exists",
+                                expected="a new or empty output folder", found=str(out_p),
+                                fix="choose another output folder, or remove this one")
+    try:
+        out_p.parent.mkdir(parents=True, exist_ok=True)
+        staging = out_p.parent / f".{out_p.name}.deid-{secrets.token_hex(6)}"
+        staging.mkdir()  # the umask's mode, as the renamed output folder should have
+    except OSError as exc:
+        raise _not_writable(exc) from None
     written: list[str] = []
     skipped: list[tuple[str, str]] = []
-    for path in sorted(p for p in src_p.rglob("*") if p.is_file()):
-        rel = path.relative_to(src_p).as_posix()
+    failed: list[tuple[str, str]] = []
+    try:
+        for path in sorted(p for p in src_p.rglob("*") if p.is_file()):
+            rel = path.relative_to(src_p).as_posix()
+            try:
+                _deid_one(path, staging / rel, mapper)
+            except EdgemedError as exc:
+                if exc.code == "output-not-writable":
+                    raise
+                (skipped if exc.code in NOT_DICOM_CODES else failed).append((rel, exc.code))
+                continue
+            written.append(rel)
         try:
-            ds = read_dataset(path)
-        except EdgemedError as exc:
-            skipped.append((rel, exc.code))
-            continue
-        _write_atomic(deidentify_dataset(ds, mapper), out_p / rel)
-        written.append(rel)
-    return DeidReport(tuple(written), tuple(skipped), out_p)
+            if out_p.is_dir():
+                out_p.rmdir()  # empty (checked above): os.replace cannot replace a folder everywhere
+            os.replace(staging, out_p)
+        except OSError as exc:
+            raise _not_writable(exc) from None
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return DeidReport(tuple(written), tuple(skipped), out_p, tuple(failed))

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import struct
+import tempfile
+import zlib
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 SENTINEL = "ZZSENTINEL^PATIENT"
+DEFLATED_TS = b"1.2.840.10008.1.2.1.99"  # 22 characters: even, no padding
 
 
 def valid_file(path: Path, *, rows: int = 32, cols: int = 32, name: str = SENTINEL) -> Path:
@@ -111,11 +117,132 @@ def executable_preamble(path: Path) -> Path:
 
 
 def truncated(path: Path, keep: float = 0.6) -> Path:
-    data = valid_file(path).read_bytes()
-    path.write_bytes(data[: int(len(data) * keep)])
-    return path
+    return truncate_file(valid_file(path), keep)
+
+
+def truncate_file(path: Path, keep: float = 0.6) -> Path:
+    """Keep the first ``keep`` of ``path``'s bytes."""
+    data = path.read_bytes()
+    return _write_chunks(path, [data[: int(len(data) * keep)]])
 
 
 def not_dicom(path: Path) -> Path:
     path.write_bytes(b"%PDF-1.4\n" + SENTINEL.encode() + b"\n" * 200)
     return path
+
+
+def _write_chunks(path: Path, chunks: Iterable[bytes]) -> Path:
+    """Write ``chunks`` to a temporary name beside ``path``, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=".hostile-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+_ZERO_BLOCK = 16 << 20
+
+
+@lru_cache(maxsize=1)
+def _deflated_zero_block() -> bytes:
+    """16 MiB of zeros as a self-contained raw-deflate run (full flush: no back references
+    outside it), so it can be repeated to stand for any multiple of 16 MiB of zeros."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return c.compress(bytes(_ZERO_BLOCK)) + c.flush(zlib.Z_FULL_FLUSH)
+
+
+def _deflate(parts: Iterable[bytes | int]) -> Iterator[bytes]:
+    """Raw deflate of ``parts`` (bytes, or an int standing for that many zero bytes), streamed."""
+    c = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    for part in parts:
+        if isinstance(part, bytes):
+            yield c.compress(part)
+            continue
+        blocks, rest = divmod(part, _ZERO_BLOCK)
+        if blocks:
+            yield c.flush(zlib.Z_FULL_FLUSH)
+            yield from (_deflated_zero_block() for _ in range(blocks))
+        if rest:
+            yield c.compress(bytes(rest))
+    yield c.flush()
+
+
+def _image_attrs(rows: int, cols: int) -> bytes:
+    us = lambda e, v: _element(0x0028, e, b"US", struct.pack("<H", v))  # noqa: E731
+    return (_element(0x0028, 0x0002, b"US", struct.pack("<H", 1))
+            + _element(0x0028, 0x0004, b"CS", b"MONOCHROME2 ")
+            + us(0x0010, rows) + us(0x0011, cols) + us(0x0100, 16) + us(0x0101, 12)
+            + us(0x0102, 11) + us(0x0103, 0))
+
+
+def deflated_bomb(path: Path, payload: int = 1 << 30, where: str = "private") -> Path:
+    """A Deflated Explicit VR Little Endian file of ~``payload / 1000`` bytes that inflates to
+    ``payload`` zero bytes more than its 32 x 32 16-bit image needs.
+
+    ``where``: ``"private"`` (an OB in private group 0009, before the image attributes),
+    ``"late"`` (an OB in private group 0029, after them) or ``"pixels"`` (Pixel Data itself
+    declares ``payload`` bytes).
+    """
+    rows = cols = 32
+    head = (_element(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.2\0")
+            + _element(0x0008, 0x0060, b"CS", b"CT"))
+    private = [_element(0x0009, 0x0010, b"LO", b"ZZBOMB"),
+               _element(0x0009, 0x1000, b"OB", b"", length=payload), payload]
+    late = [_element(0x0029, 0x0010, b"LO", b"ZZBOMB"),
+            _element(0x0029, 0x1000, b"OB", b"", length=payload), payload]
+    pixels = rows * cols * 2 if where != "pixels" else payload
+    parts: list[bytes | int] = [head, *(private if where == "private" else []),
+                                _element(0x0010, 0x0010, b"PN", SENTINEL.encode()),
+                                _image_attrs(rows, cols), *(late if where == "late" else []),
+                                _element(0x7FE0, 0x0010, b"OW", b"", length=pixels), pixels]
+    return _write_chunks(path, [_meta(DEFLATED_TS), *_deflate(parts)])
+
+
+def deflated_image(path: Path, rows: int, cols: int) -> Path:
+    """A consistent Deflated Explicit VR Little Endian image (16-bit zeros, Rows x Columns),
+    written by hand in streamed chunks (for large images)."""
+    pixels = rows * cols * 2
+    parts: list[bytes | int] = [_element(0x0008, 0x0060, b"CS", b"CT"),
+                                _element(0x0010, 0x0010, b"PN", SENTINEL.encode()),
+                                _image_attrs(rows, cols),
+                                _element(0x7FE0, 0x0010, b"OW", b"", length=pixels), pixels]
+    return _write_chunks(path, [_meta(DEFLATED_TS), *_deflate(parts)])
+
+
+def deflated_twin(src: Path, path: Path) -> Path:
+    """``src`` re-encoded as Deflated Explicit VR Little Endian by pydicom's own writer."""
+    from pydicom import dcmread
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = dcmread(src)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    fd, tmp = tempfile.mkstemp(prefix=".hostile-", dir=path.parent)
+    os.close(fd)
+    try:
+        ds.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def preamble_only(path: Path) -> Path:
+    """Only the 128-byte preamble and the ``DICM`` prefix: no meta, no dataset."""
+    return _write_chunks(path, [b"\0" * 128 + b"DICM"])
+
+
+def deflated_garbage(path: Path) -> Path:
+    """A deflated transfer syntax whose dataset is not deflate data (a reserved block type)."""
+    return _write_chunks(path, [_meta(DEFLATED_TS), b"\xff" * 1000])
+
+
+def no_file_meta(path: Path) -> Path:
+    """Preamble, ``DICM``, then a dataset without any File Meta Information (group 0002)."""
+    return _write_chunks(path, [b"\0" * 128 + b"DICM", _element(0x0008, 0x0060, b"CS", b"CT"),
+                                _element(0x0010, 0x0010, b"PN", SENTINEL.encode())])

@@ -50,3 +50,25 @@ def test_deid_command(tmp_path):
     assert out.PatientIdentityRemoved == "YES" and "Synthetic" not in str(out.PatientName)
     res = runner.invoke(_app(), ["deid", str(tmp_path / "missing"), str(tmp_path / "o2")])
     assert res.exit_code == 2
+
+
+def test_deid_command_reports_failed_files_and_exits_1(tmp_path):
+    from . import hostile
+
+    syn = make_dataset(tmp_path / "syn", n_patients=1, slices_per_patient=3, size=16, seed=4)
+    hostile.preamble_only(syn.root / "preamble_only.dcm")
+    hostile.truncated(syn.root / "truncated.dcm", 0.6)
+    key = tmp_path / "key"
+    key.write_text("cd" * 32)
+    runner = CliRunner()
+    args = ["deid", str(syn.root), str(tmp_path / "out"), "--key-file", str(key)]
+    res = runner.invoke(_app(), args + ["--json"])
+    assert res.exit_code == 1, res.output
+    d = json.loads(res.output)
+    assert not d["ok"] and d["written"] == 3
+    assert {f["path"]: f["code"] for f in d["failed"]} == {"preamble_only.dcm": "truncated",
+                                                            "truncated.dcm": "declared-length"}
+    assert len([p for p in (tmp_path / "out").rglob("*.dcm")]) == 3
+    res = runner.invoke(_app(), ["deid", str(syn.root), str(tmp_path / "out2"), "--key-file", str(key)])
+    assert res.exit_code == 1
+    assert "preamble_only.dcm (truncated)" in res.output and "2 file(s) could not" in res.output

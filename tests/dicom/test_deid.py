@@ -168,3 +168,66 @@ def test_bad_key_and_paths(tmp_path):
     with pytest.raises(InvalidInputError) as info:
         deidentify(tmp_path / "in", tmp_path / "in" / "out", key=KEY)
     assert info.value.code == "same-path"
+
+
+@pytest.fixture()
+def mixed_folder(tmp_path):
+    """Synthetic CT slices (make_dataset) plus a preamble-only file, a truncated file, a file
+    without File Meta Information, a deflate bomb and a text file (labels.csv)."""
+    from edgemed.data.synthetic import make_dataset
+
+    from . import hostile
+
+    syn = make_dataset(tmp_path / "in", n_patients=2, slices_per_patient=2, size=16, seed=3)
+    good = sorted(p.relative_to(syn.root).as_posix() for p in syn.paths)
+    (syn.root / "bad").mkdir()
+    hostile.preamble_only(syn.root / "bad" / "preamble_only.dcm")
+    hostile.truncated(syn.root / "bad" / "truncated.dcm", 0.6)
+    hostile.no_file_meta(syn.root / "bad" / "no_meta.dcm")
+    hostile.deflated_bomb(syn.root / "bomb.dcm", 64 << 20)
+    return syn.root, good
+
+
+def test_folder_with_broken_files_is_complete_for_the_rest(mixed_folder, tmp_path):
+    src, good = mixed_folder
+    out = tmp_path / "out"
+    report = deidentify(src, out, key=KEY)
+    assert sorted(report.written) == good and len(good) == 4
+    assert dict(report.failed) == {"bad/preamble_only.dcm": "truncated",
+                                   "bad/truncated.dcm": "declared-length",
+                                   "bad/no_meta.dcm": "missing-file-meta",
+                                   "bomb.dcm": "inflate-budget"}
+    assert [p for p, _ in report.skipped] == ["labels.csv"] and not report.ok
+    d = report.to_dict()
+    assert d["written"] == 4 and len(d["failed"]) == 4
+    assert "Synthetic" not in str(d) and "ZZSENTINEL" not in str(d)  # paths and codes only
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == good, "exactly the good files: nothing partial, no temp files"
+    for rel in good:
+        ds = pydicom.dcmread(out / rel)
+        assert ds.PatientIdentityRemoved == "YES" and "Synthetic" not in str(ds.PatientName)
+        assert ds.PixelData == pydicom.dcmread(src / rel).PixelData
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "staging left"
+
+
+def test_folder_output_must_be_new_or_empty(mixed_folder, tmp_path):
+    src, good = mixed_folder
+    (tmp_path / "empty").mkdir()
+    assert sorted(deidentify(src, tmp_path / "empty", key=KEY).written) == good
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "mine.txt").write_text("keep me")
+    with pytest.raises(InvalidInputError) as info:
+        deidentify(src, taken, key=KEY)
+    assert info.value.code == "output-exists"
+    assert [p.name for p in taken.iterdir()] == ["mine.txt"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_single_broken_file_raises_typed(tmp_path):
+    from . import hostile
+
+    with pytest.raises(InvalidInputError) as info:
+        deidentify(hostile.preamble_only(tmp_path / "p.dcm"), tmp_path / "o.dcm", key=KEY)
+    assert info.value.code == "truncated" and not (tmp_path / "o.dcm").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["p.dcm"]

@@ -25,6 +25,17 @@ CASES = {
     "wrong_pixel_length": (hostile.wrong_pixel_length, "pixel-length-mismatch"),
     "absurd_dimensions": (hostile.absurd_dimensions, "pixel-budget"),
     "executable_preamble": (hostile.executable_preamble, "executable-preamble"),
+    "preamble_only": (hostile.preamble_only, "truncated"),
+    # deflated datasets inflating 64 MiB past what their 32 x 32 image needs (the 1 GiB ones and
+    # the memory they take are in test_deflate_bomb_is_refused_within_the_memory_bound)
+    "deflate_bomb_private": (lambda p: hostile.deflated_bomb(p, 64 << 20, "private"),
+                             "inflate-budget"),
+    "deflate_bomb_late": (lambda p: hostile.deflated_bomb(p, 64 << 20, "late"), "inflate-budget"),
+    "deflate_bomb_pixels": (lambda p: hostile.deflated_bomb(p, 64 << 20, "pixels"),
+                            "inflate-budget"),
+    "deflated_truncated": (lambda p: hostile.truncate_file(
+        hostile.deflated_twin(hostile.valid_file(p.with_suffix(".src")), p), 0.6), "truncated"),
+    "deflated_garbage": (hostile.deflated_garbage, "corrupt"),
 }
 
 
@@ -170,3 +181,113 @@ def test_codestream_declaring_a_huge_image_is_refused_before_decoding(tmp_path):
         assert exc.code == "codestream-size" and "60000x60000" in exc.found
     else:
         raise AssertionError("a 60000x60000 codestream in a 64x64 image was decoded")
+
+
+_PEAK_CHILD = """
+import json, resource, sys, tracemalloc
+from pathlib import Path
+
+from edgemed_runtime.dicom import read_image
+from edgemed_runtime.errors import InvalidInputError
+
+
+def peak() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
+
+
+target, *warm = sys.argv[1:]
+for path in warm:  # every lazy import and first-use allocation happens here, before the baseline
+    read_image(path)
+statm = Path("/proc/self/statm")
+if statm.exists():  # a safety net for the machine: the address space may grow 3 GiB at most
+    vm = int(statm.read_text().split()[0]) * resource.getpagesize()
+    resource.setrlimit(resource.RLIMIT_AS, (vm + (3 << 30), resource.RLIM_INFINITY))
+base = peak()
+tracemalloc.start()
+try:
+    read_image(target)
+    result = "ok"
+except InvalidInputError as exc:
+    result = exc.code
+traced = tracemalloc.get_traced_memory()[1]
+print(json.dumps({"result": result, "grew": peak() - base, "traced": traced}))
+"""
+
+
+def _read_in_child(path, tmp_path) -> dict:
+    """Read ``path`` with ``read_image`` in a fresh interpreter: its result (``"ok"`` or the
+    error code), how much its peak RSS grew during that read (``grew``) and the peak of the
+    memory Python and numpy allocated for it (``traced``, tracemalloc), in bytes. ``grew`` can
+    read low when the machine evicts the interpreter's file-backed pages during the read;
+    ``traced`` does not depend on that."""
+    import json
+    import subprocess
+    import sys
+
+    warm = hostile.valid_file(tmp_path / "warm.dcm")
+    warm_deflated = hostile.deflated_twin(warm, tmp_path / "warm_deflated.dcm")
+    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(path), str(warm), str(warm_deflated)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+BOUND = 64 << 20  # the bar: peak RSS reading any hostile file <= its declared pixel bytes + 64 MiB
+
+
+@pytest.mark.parametrize("where", ["private", "late", "pixels"])
+def test_deflate_bomb_is_refused_within_the_memory_bound(where, tmp_path):
+    """~1 MB on disk, 1 GiB of zeros once inflated (pydicom alone: ~2 GiB RSS, then reads it)."""
+    path = hostile.deflated_bomb(tmp_path / "bomb.dcm", 1 << 30, where)
+    assert path.stat().st_size < 2 << 20
+    got = _read_in_child(path, tmp_path)
+    assert got["result"] == "inflate-budget", got
+    for what in ("grew", "traced"):
+        assert got[what] <= 32 * 32 * 2 + BOUND, f"{what}: {got[what] >> 20} MiB"
+
+
+def test_large_deflated_image_reads_within_the_memory_bound(tmp_path):
+    """A consistent deflated 8192 x 8192 16-bit image (128 MiB of pixels): read, and the pixels
+    are inflated once (pydicom alone holds them twice)."""
+    path = hostile.deflated_image(tmp_path / "big.dcm", 8192, 8192)
+    got = _read_in_child(path, tmp_path)
+    assert got["result"] == "ok", got
+    for what in ("grew", "traced"):
+        assert got[what] <= 8192 * 8192 * 2 + BOUND, f"{what}: {got[what] >> 20} MiB"
+
+
+def test_deflated_file_reads_like_its_uncompressed_twin(tmp_path):
+    import numpy as np
+    import pydicom
+
+    from edgemed_runtime.dicom import read_dataset
+
+    plain = hostile.valid_file(tmp_path / "plain.dcm", rows=48, cols=40)
+    deflated = hostile.deflated_twin(plain, tmp_path / "deflated.dcm")
+    assert pydicom.dcmread(deflated).file_meta.TransferSyntaxUID == hostile.DEFLATED_TS.decode()
+    a, b = read_image(plain), read_image(deflated)
+    assert a.stored.dtype == b.stored.dtype and np.array_equal(a.stored, b.stored)
+    assert (a.window, a.photometric) == (b.window, b.photometric)
+    assert np.array_equal(a.pixels, b.pixels) and np.array_equal(a.display(), b.display())
+    spec = PreprocessSpec(window=(40.0, 400.0), size=(16, 16))
+    assert np.array_equal(load_input(plain, spec), load_input(deflated, spec))
+    ours, theirs = read_dataset(deflated), pydicom.dcmread(deflated)
+    assert [e.tag for e in ours] == [e.tag for e in theirs]
+    assert all(ours[e.tag].value == e.value for e in theirs)
+    assert "PixelData" not in read_dataset(deflated, stop_before_pixels=True)
+
+
+def test_inflate_budget_is_configurable(tmp_path):
+    from edgemed_runtime.dicom import read_dataset
+
+    path = hostile.deflated_image(tmp_path / "img.dcm", 1024, 1024)  # 2 MiB of pixels
+    assert len(read_dataset(path).PixelData) == 1024 * 1024 * 2
+    with pytest.raises(InvalidInputError) as info:
+        read_dataset(path, max_inflated_bytes=1 << 20)
+    assert info.value.code == "inflate-budget" and str(1 << 20) in info.value.expected
+    bomb = hostile.deflated_bomb(tmp_path / "bomb.dcm", 4 << 20, "private")
+    with pytest.raises(InvalidInputError) as info:
+        read_dataset(bomb, header_allowance=1 << 20)
+    assert info.value.code == "inflate-budget"
+    assert read_dataset(bomb, header_allowance=8 << 20).Rows == 32  # allowed: it reads

@@ -2,9 +2,14 @@
 
 Checks, in order: the path; the file size; the 128-byte preamble (an executable header there is
 refused, PS3.10 7.5 warns about such dual-personality files); the ``DICM`` prefix; parsing (with
-RecursionError / MemoryError / any pydicom error caught); declared element lengths against the
-file size; sequence nesting depth. ``image_geometry`` then checks the image attributes, the pixel
-budget and the pixel data length before anything is decoded.
+RecursionError / MemoryError / any pydicom error caught); a deflated dataset is inflated here
+within a budget (``deflate``), never by pydicom; declared element lengths against the file (or
+inflated) size; an empty dataset; sequence nesting depth. ``image_geometry`` then checks the
+image attributes, the pixel budget and the pixel data length before anything is decoded.
+
+Memory: an uncompressed file is read as it is (at most its size, ``MAX_FILE_BYTES``); a deflated
+one at most its declared pixel bytes + ``deflate.HEADER_ALLOWANCE``, capped by
+``deflate.MAX_INFLATED_BYTES``.
 
 Messages never contain DICOM values (patient data): only attribute keywords, numbers we computed
 and exception type names.
@@ -16,12 +21,15 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, TypeVar
 
 from ..errors import InvalidInputError
+from .deflate import HEADER_ALLOWANCE, MAX_INFLATED_BYTES, inflate, parse_inflated
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pydicom.dataset import Dataset
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+
+T = TypeVar("T")
 
 MAX_FILE_BYTES = 4 << 30
 MAX_FRAME_PIXELS = 1 << 26  # 8192 x 8192 samples in one frame
@@ -84,39 +92,107 @@ def check_preamble(head: bytes) -> None:
                found="no DICM prefix", fix="pass a .dcm file exported as DICOM Part 10")
 
 
-def read_dataset(path: str | os.PathLike[str], *, stop_before_pixels: bool = False) -> "Dataset":
+def read_dataset(
+    path: str | os.PathLike[str],
+    *,
+    stop_before_pixels: bool = False,
+    max_inflated_bytes: int = MAX_INFLATED_BYTES,
+    header_allowance: int = HEADER_ALLOWANCE,
+) -> "Dataset":
     """Parse a DICOM Part 10 file with every guard above.
 
     Args:
         path: the file.
         stop_before_pixels: skip Pixel Data (for indexing headers).
+        max_inflated_bytes, header_allowance: the budget of a deflated dataset: at most
+            ``header_allowance`` + its declared pixel bytes, never over ``max_inflated_bytes``.
     Returns:
         the pydicom Dataset (its sequences checked to ``MAX_SEQUENCE_DEPTH``).
     Raises:
         InvalidInputError: with codes ``not-found``, ``empty-file``, ``file-too-large``,
             ``executable-preamble``, ``not-dicom``, ``truncated``, ``declared-length``,
-            ``nesting-too-deep``, ``too-large``, ``corrupt``.
+            ``nesting-too-deep``, ``too-large``, ``corrupt``, ``inflate-budget``.
     """
     p = check_path(path)
     size = p.stat().st_size
+    ds: "Dataset | None" = None
     with open(p, "rb") as f:
-        check_preamble(f.read(132))
-    ds = _parse(p, stop_before_pixels)
-    if str(ds.file_meta.get("TransferSyntaxUID", "")) != DEFLATED:  # inflated lengths exceed it
-        check_lengths(ds, size)
+        head = f.read(132)
+        check_preamble(head)
+        meta = _file_meta(f)
+        if meta is not None and _transfer_syntax(meta) == DEFLATED:
+            ds, size = _parse(lambda: _read_deflated(f, str(p), head[:128], meta,
+                                                     stop_before_pixels, max_inflated_bytes,
+                                                     header_allowance))
+    if ds is None:
+        ds = _parse(lambda: _dcmread(p, stop_before_pixels))
+    check_lengths(ds, size)
+    if not ds._dict:
+        raise _bad("the file holds no DICOM data elements", "truncated",
+                   expected="a dataset after the File Meta Information", found="none",
+                   fix="the file is truncated or empty; re-export it")
     check_depth(ds)
     return ds
 
 
-def _parse(p: Path, stop_before_pixels: bool) -> "Dataset":
+def _file_meta(f: BinaryIO) -> "FileMetaDataset | None":
+    """The File Meta Information at ``f``'s position (``f`` left after it), or None when it does
+    not parse (then pydicom's own reading reports the problem)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filereader import read_dataset as read_elements
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return FileMetaDataset(read_elements(f, False, True,
+                                                 stop_when=lambda tag, vr, n: tag >> 16 != 2))
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException:
+        return None
+
+
+def _transfer_syntax(meta: "FileMetaDataset") -> str:
+    try:
+        return str(meta.get("TransferSyntaxUID", "") or "").strip("\0 ")
+    except Exception:
+        return ""
+
+
+def _read_deflated(f: BinaryIO, name: str, preamble: bytes, meta: "FileMetaDataset",
+                   stop_before_pixels: bool, max_bytes: int,
+                   allowance: int) -> tuple["FileDataset", int]:
+    """The dataset after ``f``'s position, inflated within the budget (``deflate.inflate``),
+    and its inflated size."""
+    from pydicom.dataset import FileDataset
+
+    buf = inflate(f, max_bytes=max_bytes, header_allowance=allowance)
+    inflated = len(buf)
+    dataset = parse_inflated(buf, stop_before_pixels)
+    del buf
+    ds = FileDataset(name, dataset, preamble, meta, False, True)
+    ds.set_original_encoding(False, True, dataset._character_set)
+    return ds, inflated
+
+
+def _dcmread(p: Path, stop_before_pixels: bool) -> "Dataset":
     import pydicom
+
+    ds = pydicom.dcmread(p, stop_before_pixels=stop_before_pixels)
+    ds.file_meta.get("TransferSyntaxUID")  # force the meta to be parsed
+    return ds
+
+
+def _parse(read: Callable[[], T]) -> T:
+    """Run ``read`` (a pydicom parse) with pydicom's warnings off and its errors mapped."""
     from pydicom.errors import InvalidDicomError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(p, stop_before_pixels=stop_before_pixels)
-            ds.file_meta.get("TransferSyntaxUID")  # force the meta to be parsed
+            return read()
+    except InvalidInputError:
+        raise
     except RecursionError:
         raise _bad("sequences are nested too deeply", "nesting-too-deep",
                    expected=f"<= {MAX_SEQUENCE_DEPTH} levels", found="deeper than Python can parse",
@@ -133,7 +209,6 @@ def _parse(p: Path, stop_before_pixels: bool) -> "Dataset":
     except BaseException as exc:  # pydicom raises many types on malformed input
         raise _bad("file is not readable DICOM", "corrupt", expected="a well-formed DICOM file",
                    found=type(exc).__name__, fix="re-export the file") from None
-    return ds
 
 
 def _raw_items(ds: Any) -> Any:
