@@ -36,7 +36,9 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 class Session:
-    """A model ready to run.
+    """A model ready to run. ``run`` / ``predict`` / ``logits`` may be called from several
+    threads at once: the session holds no per-call state, and every backend session is safe for
+    concurrent calls (each result is the serial result of the same input).
 
     Args:
         backend_session: the backend's loaded model.

@@ -3,12 +3,13 @@
 A subclass sets ``backend`` (registry name), ``chain`` (the passes that make its artifact from the
 FP32 ONNX export) and optionally ``options`` / ``max_abs_diff``, then inherits every check: the
 same Session API, outputs within tolerance of FP32, top-1 agreement >= 0.99 on the synthetic
-validation set, batch consistency, typed errors on bad input, and the same result through the
-build-time crash probe (a child process).
+validation set, batch consistency, typed errors on bad input, the same result through the
+build-time crash probe (a child process), and bit-identical results under concurrent calls.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,6 +21,7 @@ from edgemed_runtime.backends import backend_class
 from edgemed_runtime.backends.probe import probe
 
 MIN_AGREEMENT = 0.99
+THREADS, CALLS = 8, 200  # the concurrency check: 1600 calls, each with its own input
 
 
 class BackendContract:
@@ -101,3 +103,42 @@ class BackendContract:
         assert report["ok"] and report["finite"] and report["shape"] == [n, 2]
         np.testing.assert_allclose(out, session.run({"input": val_data.x[:n]})["logits"],
                                    atol=1e-3, rtol=1e-3)
+
+    def test_concurrent_calls_match_serial(self, artifact: Any, val_data: Any) -> None:
+        """8 threads x 200 calls on one fresh session, every call with its own input (validation
+        rows plus seeded noise; batches of 1 and 2 when the batch is dynamic, so a lazily
+        compiled batch variant is first needed under contention): every result bit-identical
+        to the serial result of the same input in the same session, and no error."""
+        rng = np.random.default_rng(0)
+        n = len(val_data.x)
+        inputs = []
+        for k in range(THREADS * CALLS):
+            if artifact.io.dynamic_batch:
+                b = 2 if k % 5 == 4 else 1
+            else:
+                b = artifact.io.input_shape[0]
+            rows = val_data.x[[(k + j) % n for j in range(b)]]
+            inputs.append((rows + rng.normal(0, 0.05, rows.shape)).astype(np.float32))
+        results: list[np.ndarray | None] = [None] * len(inputs)
+        errors: list[BaseException] = []
+        with open_artifact(artifact, options={"threads": 1, **self.options}) as sess:
+            start = threading.Barrier(THREADS)
+
+            def worker(t: int) -> None:
+                start.wait()
+                for k in range(t, len(inputs), THREADS):
+                    try:
+                        results[k] = sess.run({"input": inputs[k]})["logits"]
+                    except Exception as exc:  # counted: the assertion reports them
+                        errors.append(exc)
+
+            threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            serial = [sess.run({"input": x})["logits"] for x in inputs]
+        wrong = sum(r is None or not np.array_equal(r, s) for r, s in zip(results, serial))
+        assert not errors and not wrong, (
+            f"{len(errors)} errors, {wrong} of {len(inputs)} results differ from serial"
+            + (f"; first error: {errors[0]!r}"[:300] if errors else ""))

@@ -3,6 +3,7 @@ in-memory loading, the cache kept off, and the FP32 precision hint."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ from edgemed_runtime import BackendError, InvalidInputError
 from edgemed_runtime.api import open_artifact
 from edgemed_runtime.backends.openvino import (
     compile_properties,
+    infer_requests,
     pack_ir,
     specialise_batch,
     static_batch,
@@ -48,6 +50,55 @@ class TestOvNncfInt8(BackendContract):
             again = s.run({"input": x[:3]})["logits"]
         np.testing.assert_allclose(batched, single, atol=1e-4, rtol=1e-4)
         np.testing.assert_allclose(again, single[:3], atol=1e-4, rtol=1e-4)
+
+    def test_dynamic_model_compiled_once_under_contention(self, artifact: Any,
+                                                         val_data: Any) -> None:
+        """8 threads bring batch 3 at the same moment to a fresh session: the dynamic model is
+        compiled once (the real compile, counted) and every result equals the serial one."""
+        x = val_data.x[:3]
+        outs: list[Any] = [None] * 8
+        with open_artifact(artifact, options={"threads": 1}) as s:
+            bs = s._session()
+            make, compiles = bs._make_dynamic, []
+
+            def counted() -> Any:
+                compiles.append(threading.get_ident())
+                return make()
+
+            bs._make_dynamic = counted
+            start = threading.Barrier(len(outs))
+
+            def call(t: int) -> None:
+                start.wait()
+                outs[t] = s.run({"input": x})["logits"]
+
+            threads = [threading.Thread(target=call, args=(t,)) for t in range(len(outs))]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            serial = s.run({"input": x})["logits"]
+        assert len(compiles) == 1
+        assert all(o is not None and np.array_equal(o, serial) for o in outs)
+
+    def test_infer_requests_bound(self, artifact: Any, val_data: Any) -> None:
+        """Requests are made on demand up to ``infer_requests``; the LATENCY default is
+        OpenVINO's optimum (1), whatever the number of calling threads."""
+        for opts, bound in (({}, 1), ({"infer_requests": 3}, 3)):
+            with open_artifact(artifact, options={"threads": 1, **opts}) as s:
+                start = threading.Barrier(6)
+
+                def calls() -> None:
+                    start.wait()
+                    for i in range(20):
+                        s.run({"input": val_data.x[i:i + 1]})
+
+                threads = [threading.Thread(target=calls) for _ in range(6)]
+                for th in threads:
+                    th.start()
+                for th in threads:
+                    th.join()
+                assert 1 <= s._session()._pool.made <= bound
 
     def test_static_batch_off(self, artifact: Any, val_data: Any) -> None:
         with open_artifact(artifact, options={"threads": 1, "static_batch": 0}) as s:
@@ -110,6 +161,13 @@ def test_static_batch_option() -> None:
     for bad in (-1, "one", None, True, 1.5j):
         with pytest.raises(BackendError, match="static_batch"):
             static_batch({"static_batch": bad})
+
+
+def test_infer_requests_option() -> None:
+    assert infer_requests({}) == 0 and infer_requests({"infer_requests": "4"}) == 4
+    for bad in (-1, "many", None, False):
+        with pytest.raises(BackendError, match="infer_requests"):
+            infer_requests({"infer_requests": bad})
 
 
 def test_specialise_batch_only_when_batch_is_the_only_dynamic_dim() -> None:

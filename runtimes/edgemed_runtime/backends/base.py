@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import threading
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Mapping
+from contextlib import contextmanager
+from typing import Any, Callable, ClassVar, Generic, Iterator, Mapping, TypeVar
 
 import numpy as np
 
@@ -27,8 +29,61 @@ def library_error(message: str, exc: BaseException, **fields: Any) -> BackendErr
 RUN_FIX = "check the input shape and dtype against session.inputs"
 
 
+T = TypeVar("T")
+
+
+class Pool(Generic[T]):
+    """Objects that one thread at a time may use (inference requests, contexts), made on first
+    need by ``factory`` up to ``limit`` (at least 1); a caller finding all of them busy waits for
+    one to come back.
+
+    Args:
+        factory: makes one more object; its exceptions reach the caller of ``use``.
+        limit: the most objects ever made.
+    """
+
+    def __init__(self, factory: Callable[[], T], limit: int) -> None:
+        self._factory = factory
+        self._limit = max(1, int(limit))
+        self._idle: list[T] = []
+        self._made = 0
+        self._cond = threading.Condition()
+
+    @property
+    def made(self) -> int:
+        """How many objects the pool has made so far."""
+        return self._made
+
+    @contextmanager
+    def use(self) -> Iterator[T]:
+        """An object for this thread alone until the ``with`` block ends."""
+        with self._cond:
+            while not self._idle and self._made >= self._limit:
+                self._cond.wait()
+            make = not self._idle
+            if make:
+                self._made += 1
+            else:
+                item = self._idle.pop()
+        if make:
+            try:
+                item = self._factory()
+            except BaseException:
+                with self._cond:
+                    self._made -= 1
+                    self._cond.notify()
+                raise
+        try:
+            yield item
+        finally:
+            with self._cond:
+                self._idle.append(item)
+                self._cond.notify()
+
+
 class BackendSession(ABC):
-    """A loaded model inside one backend."""
+    """A loaded model inside one backend. ``run`` may be called from several threads at once:
+    every backend makes that safe (one call's result never depends on another's)."""
 
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]

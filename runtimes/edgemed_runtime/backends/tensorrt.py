@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -368,11 +369,18 @@ def build_engine(trt: Any, model: bytes, io: IOSpec, recipe: TrtRecipe, logger: 
 
 
 class _TrtSession(BackendSession):
-    """Runs a deserialized engine with device buffers managed through cuda-python."""
+    """Runs a deserialized engine with device buffers managed through cuda-python.
 
-    def __init__(self, trt: Any, engine: Any, details: Mapping[str, Any]) -> None:
+    One execution context, stream and set of device buffers, used by one ``run`` at a time (a
+    lock): an execution context is not thread-safe, and the engine's single optimization profile
+    cannot be shared by several contexts running at once. The CUDA device is per thread, so every
+    call selects ``device`` first.
+    """
+
+    def __init__(self, trt: Any, engine: Any, details: Mapping[str, Any], device: int = 0) -> None:
         self._trt = trt
         self._cudart = _cudart()
+        self._device = device
         self._engine = engine
         self._ctx = engine.create_execution_context()
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -381,6 +389,7 @@ class _TrtSession(BackendSession):
         self.output_names = tuple(n for n in names if engine.get_tensor_mode(n) != mode)
         self._stream = _check(self._cudart.cudaStreamCreate(), "cudaStreamCreate")
         self._buffers: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
         self.details = dict(details)
 
     def _buffer(self, name: str, nbytes: int) -> int:
@@ -393,6 +402,21 @@ class _TrtSession(BackendSession):
         return ptr
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Copy ``feeds`` (input order) to the GPU, execute, copy the outputs back (float32);
+        calls from several threads take turns.
+
+        Raises:
+            BackendError: the session is closed, a shape outside the profile, or a CUDA /
+                TensorRT failure.
+        """
+        with self._lock:
+            if self._ctx is None:
+                raise BackendError("the session is closed", code="closed")
+            _check(self._cudart.cudaSetDevice(self._device), "cudaSetDevice")
+            return self._run(feeds)
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """``run`` without the lock (the caller holds it)."""
         trt, cu = self._trt, self._cudart
         h2d = cu.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cu.cudaMemcpyKind.cudaMemcpyDeviceToHost
@@ -420,14 +444,18 @@ class _TrtSession(BackendSession):
         return [o.astype(np.float32, copy=False) for o in outs]
 
     def close(self) -> None:
-        for ptr, _ in self._buffers.values():
-            self._cudart.cudaFree(ptr)
-        self._buffers.clear()
-        if self._stream is not None:
-            self._cudart.cudaStreamDestroy(self._stream)
-            self._stream = None
-        self._ctx = None
-        self._engine = None
+        """Free the device buffers and the stream (after a ``run`` in progress ends)."""
+        with self._lock:
+            if self._buffers or self._stream is not None:
+                self._cudart.cudaSetDevice(self._device)
+            for ptr, _ in self._buffers.values():
+                self._cudart.cudaFree(ptr)
+            self._buffers.clear()
+            if self._stream is not None:
+                self._cudart.cudaStreamDestroy(self._stream)
+                self._stream = None
+            self._ctx = None
+            self._engine = None
 
 
 class TensorRtBackend(Backend):
@@ -467,4 +495,4 @@ class TensorRtBackend(Backend):
         if engine is None:
             raise BackendError("TensorRT cannot deserialize the engine",
                                found="; ".join(logger.messages[-3:])[:500], code="trt-load")
-        return _TrtSession(trt, engine, {"cache": event, "tensorrt": trt.__version__})
+        return _TrtSession(trt, engine, {"cache": event, "tensorrt": trt.__version__}, device)
