@@ -102,6 +102,9 @@ def provider_options(providers: list[str], options: Mapping[str, Any]) -> list[d
 
 
 class _OrtSession(BackendSession):
+    """An ``ort.InferenceSession``; its ``run`` is thread-safe, so calls from several threads
+    go straight through (no lock)."""
+
     def __init__(self, sess: Any) -> None:
         self._sess = sess
         self.input_names = tuple(i.name for i in sess.get_inputs())
@@ -109,8 +112,16 @@ class _OrtSession(BackendSession):
         self.details = {"providers": list(sess.get_providers())}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run on ``feeds``; the outputs in ``output_names`` order.
+
+        Raises:
+            BackendError: the session is closed, or onnxruntime refused the feeds.
+        """
+        sess = self._sess
+        if sess is None:
+            raise BackendError("the session is closed", code="closed")
         try:
-            return list(self._sess.run(None, dict(feeds)))
+            return list(sess.run(None, dict(feeds)))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
             raise library_error("onnxruntime failed to run the model", exc, fix=RUN_FIX) from None
 
