@@ -246,3 +246,9 @@ def no_file_meta(path: Path) -> Path:
     """Preamble, ``DICM``, then a dataset without any File Meta Information (group 0002)."""
     return _write_chunks(path, [b"\0" * 128 + b"DICM", _element(0x0008, 0x0060, b"CS", b"CT"),
                                 _element(0x0010, 0x0010, b"PN", SENTINEL.encode())])
+
+
+def deflated_huge_meta_element(path: Path) -> Path:
+    """A deflated file whose File Meta Information ends with an element declaring ~4 GB."""
+    meta = _meta(DEFLATED_TS) + _element(0x0002, 0x0102, b"OB", b"\0" * 16, length=0xFFFFFFF0)
+    return _write_chunks(path, [meta, *_deflate([_element(0x0010, 0x0010, b"PN", SENTINEL.encode())])])

@@ -36,6 +36,7 @@ CASES = {
     "deflated_truncated": (lambda p: hostile.truncate_file(
         hostile.deflated_twin(hostile.valid_file(p.with_suffix(".src")), p), 0.6), "truncated"),
     "deflated_garbage": (hostile.deflated_garbage, "corrupt"),
+    "deflated_huge_meta_element": (hostile.deflated_huge_meta_element, "declared-length"),
 }
 
 

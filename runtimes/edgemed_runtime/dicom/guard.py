@@ -35,6 +35,7 @@ MAX_FILE_BYTES = 4 << 30
 MAX_FRAME_PIXELS = 1 << 26  # 8192 x 8192 samples in one frame
 MAX_TOTAL_PIXELS = 1 << 31  # samples over all frames
 MAX_SEQUENCE_DEPTH = 32
+MAX_META_ELEMENT = 1 << 20  # a File Meta Information element (group 0002) larger than this is hostile
 DEFLATED = "1.2.840.10008.1.2.1.99"
 
 # Magic numbers of executable formats seen at the start of a preamble.
@@ -124,6 +125,7 @@ def read_dataset(
             ds, size = _parse(lambda: _read_deflated(f, str(p), head[:128], meta,
                                                      stop_before_pixels, max_inflated_bytes,
                                                      header_allowance))
+        del meta
     if ds is None:
         ds = _parse(lambda: _dcmread(p, stop_before_pixels))
     check_lengths(ds, size)
@@ -137,19 +139,42 @@ def read_dataset(
 
 def _file_meta(f: BinaryIO) -> "FileMetaDataset | None":
     """The File Meta Information at ``f``'s position (``f`` left after it), or None when it does
-    not parse (then pydicom's own reading reports the problem)."""
+    not parse or holds an element over ``MAX_META_ELEMENT`` bytes (then pydicom's own reading
+    handles the file, bounded by its size).
+
+    Raises:
+        InvalidInputError: ``declared-length``: such an element in a deflated file's meta (its
+            end, where the deflate stream starts, cannot be trusted).
+    """
     from pydicom.dataset import FileMetaDataset
     from pydicom.filereader import read_dataset as read_elements
+
+    oversized: list[tuple[int, int]] = []
+
+    def stop(tag: int, vr: str | None, length: int) -> bool:
+        if tag >> 16 != 2:
+            return True
+        if length == 0xFFFFFFFF or length > MAX_META_ELEMENT:
+            oversized.append((tag, length))
+            return True
+        return False
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return FileMetaDataset(read_elements(f, False, True,
-                                                 stop_when=lambda tag, vr, n: tag >> 16 != 2))
+            meta = FileMetaDataset(read_elements(f, False, True, stop_when=stop))
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except BaseException:
         return None
+    if oversized:
+        if _transfer_syntax(meta) == DEFLATED:
+            tag, length = oversized[0]
+            raise _bad("a File Meta Information element is larger than edgemed reads",
+                       "declared-length", expected=f"<= {MAX_META_ELEMENT} bytes",
+                       found=f"{length} bytes in {_tag(tag)}", fix="the file is malformed or hostile")
+        return None
+    return meta
 
 
 def _transfer_syntax(meta: "FileMetaDataset") -> str:
