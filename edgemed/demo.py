@@ -162,7 +162,9 @@ def run_demo(out: str | os.PathLike[str] = "edgemed-demo", config: DemoConfig = 
     project = _write_project(root, config, targets)
     say(f"release for {', '.join(targets)}")
     rel = release(project, progress=say)
-    first = next((t for t in rel.targets if t.status == "released"), None)
+    from .release.flow import SHIPPED
+
+    first = next((t for t in rel.targets if t.status in SHIPPED), None)
     if first is None:
         from .errors import EdgemedError, GateError
 

@@ -7,14 +7,15 @@ Without labels: agreement only (top-1 agreement and logit cosine), and the repor
 ``clinical_report`` adds per-class figures, sensitivity at a fixed specificity, the confusion
 matrix, the expected calibration error and percentile bootstrap confidence intervals;
 ``non_inferiority`` decides whether a compressed model is non-inferior to the FP32 reference
-(the lower bound of the paired bootstrap CI of candidate minus reference above ``-margin``),
-which the gate requires when ``GateConfig.require_non_inferiority`` is set.
+(the lower bound of the paired bootstrap CI of candidate minus reference above ``-margin``):
+the gate's default decision with labels, per metric, so it counts its samples (with 80 images
+one point of accuracy is one image).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import numpy as np
 from pydantic import Field
@@ -24,18 +25,53 @@ from .passes.base import PassConfig
 
 
 class GateConfig(PassConfig):
-    """Limits of the accuracy gate (drops are reference minus candidate)."""
+    """How the accuracy gate decides (differences are candidate minus reference).
 
-    max_accuracy_drop: float = Field(0.01, ge=0)
-    max_auc_drop: float = Field(0.01, ge=0)
+    With labels the default decision counts its samples: per metric in
+    ``non_inferiority_metrics``, the paired bootstrap CI of (candidate - reference) must stay
+    above ``-non_inferiority_margin``, and top-1 agreement with the reference must reach
+    ``min_labelled_agreement``. ``max_accuracy_drop`` / ``max_auc_drop`` add absolute limits on
+    the point estimates (``decision = "absolute"`` uses them alone, 0.01 each when unset).
+    Without labels: top-1 agreement >= ``min_agreement`` and logit cosine >= ``min_cosine``.
+    """
+
+    decision: Literal["non-inferiority", "absolute"] = "non-inferiority"
+    non_inferiority_metrics: tuple[Literal["accuracy", "sensitivity", "specificity", "auc"], ...] = (
+        "accuracy", "auc")
+    non_inferiority_margin: float = Field(0.05, gt=0, le=1)
+    min_labelled_agreement: float = Field(0.95, ge=0, le=1)
+    max_accuracy_drop: float | None = Field(None, ge=0)
+    max_auc_drop: float | None = Field(None, ge=0)
     min_agreement: float = Field(0.98, ge=0, le=1)
     min_cosine: float = Field(0.99, ge=-1, le=1)
-    require_non_inferiority: bool = False
-    non_inferiority_metric: Literal["accuracy", "sensitivity", "specificity", "auc"] = "accuracy"
-    non_inferiority_margin: float = Field(0.05, gt=0, le=1)
     confidence: float = Field(0.95, gt=0.5, lt=1)
     bootstrap: int = Field(1000, ge=100, le=100_000)
     bootstrap_seed: int = 0
+
+    def describe(self, labelled: bool = True) -> str:
+        """The rule in words (for error messages and reports)."""
+        if not labelled:
+            return (f"top-1 agreement >= {self.min_agreement} and logit cosine >= "
+                    f"{self.min_cosine} (no labels)")
+        parts = []
+        if self.decision == "non-inferiority":
+            parts.append(f"non-inferior on {', '.join(self.non_inferiority_metrics)} (lower "
+                         f"{self.confidence:.0%} CI bound of the paired difference > "
+                         f"-{self.non_inferiority_margin})")
+            parts.append(f"top-1 agreement >= {self.min_labelled_agreement}")
+        acc, auc = self.absolute_limits()
+        if acc is not None:
+            parts.append(f"accuracy drop <= {acc}")
+        if auc is not None:
+            parts.append(f"AUC drop <= {auc}")
+        return ", ".join(parts)
+
+    def absolute_limits(self) -> tuple[float | None, float | None]:
+        """(max accuracy drop, max AUC drop) in force; None where not applied."""
+        if self.decision == "absolute":
+            return (0.01 if self.max_accuracy_drop is None else self.max_accuracy_drop,
+                    0.01 if self.max_auc_drop is None else self.max_auc_drop)
+        return self.max_accuracy_drop, self.max_auc_drop
 
 
 def classification_metrics(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -89,7 +125,12 @@ def check_labels(y: np.ndarray | None, n_classes: int) -> None:
 
 @dataclass(frozen=True)
 class GateResult:
-    """The gate's verdict with every figure it used."""
+    """The gate's verdict with every figure it used.
+
+    ``non_inferiority`` maps each metric to ``non_inferiority()``'s result; ``warnings`` says when
+    the validation set is too small for the margin to mean much; ``evaluator`` names how the
+    candidate's outputs were computed (set by the build).
+    """
 
     passed: bool
     labelled: bool
@@ -98,51 +139,118 @@ class GateResult:
     agreement: dict[str, float]
     reasons: tuple[str, ...] = field(default_factory=tuple)
     n: int = 0
-    non_inferiority: dict[str, Any] | None = None
+    non_inferiority: dict[str, dict[str, Any]] | None = None
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+    evaluator: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["reasons"] = list(self.reasons)
+        d["warnings"] = list(self.warnings)
         d["mode"] = "labels" if self.labelled else "agreement only (no labels given)"
         return d
+
+    def summary(self) -> str:
+        """One line: n, per non-inferiority metric the difference and its CI, agreement."""
+        return gate_summary(self.to_dict())
+
+
+def gate_summary(gate: Mapping[str, Any] | None) -> str:
+    """``GateResult.to_dict()`` (as stored in artifact metrics) in one line for tables."""
+    if not gate:
+        return "–"
+    a = gate.get("agreement") or {}
+    parts = [f"n={gate.get('n', '?')}"]
+    if not gate.get("labelled"):
+        parts.append(f"agreement {a.get('top1_agreement', float('nan')):.3f}")
+        parts.append(f"cosine {a.get('logit_cosine', float('nan')):.4f}")
+        return ", ".join(parts)
+    for m, r in (gate.get("non_inferiority") or {}).items():
+        lo, hi = r["ci"]
+        parts.append(f"{m} {r['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    if not gate.get("non_inferiority"):
+        ref, cand = gate.get("reference") or {}, gate.get("candidate") or {}
+        if "accuracy" in ref and "accuracy" in cand:
+            parts.append(f"accuracy {cand['accuracy'] - ref['accuracy']:+.3f}")
+    if "top1_agreement" in a:
+        parts.append(f"agreement {a['top1_agreement']:.3f}")
+    return ", ".join(parts)
+
+
+def small_sample_warning(ref_probs: np.ndarray, y: np.ndarray, cfg: GateConfig) -> str:
+    """A warning when the reference accuracy's own CI is wider than the margin ('' if not).
+
+    With 80 images one case is 0.0125 of accuracy: a margin below the set's own sampling error
+    cannot tell a real loss from chance, whichever way the verdict goes.
+    """
+    n = len(y)
+    acc = float((ref_probs.argmax(1) == y).mean())
+    z = _z(cfg.confidence)
+    half = z * float(np.sqrt(max(acc * (1 - acc), 1.0 / n) / n))
+    if half <= cfg.non_inferiority_margin:
+        return ""
+    return (f"n={n} validation cases: one case moves accuracy by {1 / n:.4f}, and the reference "
+            f"accuracy's own {cfg.confidence:.0%} CI is about +/-{half:.3f}, wider than the margin "
+            f"{cfg.non_inferiority_margin}; add cases (about {int(np.ceil(n * (half / cfg.non_inferiority_margin) ** 2))} "
+            "for this margin) for a verdict that means more")
+
+
+def _z(confidence: float) -> float:
+    from statistics import NormalDist
+
+    return float(NormalDist().inv_cdf(0.5 + confidence / 2))
 
 
 def run_gate(ref_logits: np.ndarray, cand_logits: np.ndarray, y: np.ndarray | None,
              cfg: GateConfig) -> GateResult:
-    """Compare candidate to reference on the validation set; return the verdict."""
+    """Compare candidate to reference on the validation set; return the verdict.
+
+    Args:
+        ref_logits / cand_logits: (N, K) outputs of the FP32 reference and the candidate.
+        y: integer labels (N,), or None (agreement-only gate).
+    """
     from edgemed_runtime.session import softmax
 
     agree = agreement(ref_logits, cand_logits)
-    reasons = []
-    ni: dict[str, Any] = {}
+    reasons: list[str] = []
+    warns: list[str] = []
+    ni: dict[str, dict[str, Any]] = {}
     ref_m: dict[str, float] = {}
     cand_m: dict[str, float] = {}
     if y is not None:
-        ref_m = classification_metrics(softmax(ref_logits.astype(np.float64)), y)
-        cand_m = classification_metrics(softmax(cand_logits.astype(np.float64)), y)
-        if ref_m["accuracy"] - cand_m["accuracy"] > cfg.max_accuracy_drop + 1e-12:
+        ref_p = softmax(ref_logits.astype(np.float64))
+        cand_p = softmax(cand_logits.astype(np.float64))
+        ref_m = classification_metrics(ref_p, y)
+        cand_m = classification_metrics(cand_p, y)
+        if cfg.decision == "non-inferiority":
+            for metric in cfg.non_inferiority_metrics:
+                r = non_inferiority(ref_p, cand_p, y, metric=metric,
+                                    margin=cfg.non_inferiority_margin, confidence=cfg.confidence,
+                                    n_bootstrap=cfg.bootstrap, seed=cfg.bootstrap_seed)
+                ni[metric] = r
+                if not r["non_inferior"]:
+                    reasons.append(
+                        f"not non-inferior on {metric}: difference {r['difference']:+.4f}, "
+                        f"{cfg.confidence:.0%} CI [{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}] "
+                        f"crosses -{r['margin']} (n={r['n']})")
+            if agree["top1_agreement"] < cfg.min_labelled_agreement:
+                reasons.append(f"top-1 agreement {agree['top1_agreement']:.4f} < "
+                               f"{cfg.min_labelled_agreement}")
+            if w := small_sample_warning(ref_p, y, cfg):
+                warns.append(w)
+        max_acc, max_auc = cfg.absolute_limits()
+        if max_acc is not None and ref_m["accuracy"] - cand_m["accuracy"] > max_acc + 1e-12:
             reasons.append(f"accuracy dropped {ref_m['accuracy'] - cand_m['accuracy']:.4f} "
-                           f"> {cfg.max_accuracy_drop}")
-        if ref_m["auc"] - cand_m["auc"] > cfg.max_auc_drop + 1e-12:
-            reasons.append(f"AUC dropped {ref_m['auc'] - cand_m['auc']:.4f} > {cfg.max_auc_drop}")
-        if cfg.require_non_inferiority:
-            ni = non_inferiority(softmax(ref_logits.astype(np.float64)),
-                                 softmax(cand_logits.astype(np.float64)), y,
-                                 metric=cfg.non_inferiority_metric,
-                                 margin=cfg.non_inferiority_margin, confidence=cfg.confidence,
-                                 n_bootstrap=cfg.bootstrap, seed=cfg.bootstrap_seed)
-            if not ni["non_inferior"]:
-                reasons.append(
-                    f"not non-inferior on {ni['metric']}: CI of the difference "
-                    f"[{ni['ci'][0]:.4f}, {ni['ci'][1]:.4f}] crosses -{ni['margin']}")
+                           f"> {max_acc}")
+        if max_auc is not None and ref_m["auc"] - cand_m["auc"] > max_auc + 1e-12:
+            reasons.append(f"AUC dropped {ref_m['auc'] - cand_m['auc']:.4f} > {max_auc}")
     else:
         if agree["top1_agreement"] < cfg.min_agreement:
             reasons.append(f"top-1 agreement {agree['top1_agreement']:.4f} < {cfg.min_agreement}")
         if agree["logit_cosine"] < cfg.min_cosine:
             reasons.append(f"logit cosine {agree['logit_cosine']:.4f} < {cfg.min_cosine}")
     return GateResult(not reasons, y is not None, ref_m, cand_m, agree, tuple(reasons),
-                      int(len(ref_logits)), ni if y is not None and cfg.require_non_inferiority
-                      else None)
+                      int(len(ref_logits)), ni or None, tuple(warns))
 
 
 # ---------------------------------------------------------------- clinical report, CIs, NI
@@ -199,29 +307,74 @@ def sensitivity_at_specificity(scores: np.ndarray, positive: np.ndarray,
 def _point_metrics(probs: np.ndarray, y: np.ndarray, idx: np.ndarray | None = None
                    ) -> dict[str, float]:
     """Accuracy, sensitivity, specificity (positive class 1 or macro) and AUC, on ``idx``."""
-    from sklearn.metrics import roc_auc_score
+    w = np.ones((1, len(y))) if idx is None else _counts(idx[None, :], len(y))
+    return {k: float(v[0]) for k, v in _weighted_metrics(probs, y, w).items()}
 
-    if idx is not None:
-        probs, y = probs[idx], y[idx]
+
+def _counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """Resample indices (B, m) -> how often each case is drawn (B, n)."""
+    w = np.zeros((len(idx), n))
+    np.add.at(w, (np.arange(len(idx))[:, None], idx), 1.0)
+    return w
+
+
+def _weighted_metrics(probs: np.ndarray, y: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
+    """The ``_point_metrics`` of B weighted resamples at once (``w``: (B, n) case counts).
+
+    AUC is the Mann-Whitney statistic with ties counted half, per class against the rest and
+    macro-averaged for K > 2 (what scikit-learn's ``roc_auc_score`` computes); NaN where a
+    resample lacks a class it needs. Vectorised so a 1000-resample bootstrap takes milliseconds.
+    """
     k = probs.shape[1]
     pred = probs.argmax(1)
-    out = {"accuracy": float((pred == y).mean())}
+    total = w.sum(1)
+    out = {"accuracy": w @ (pred == y).astype(np.float64) / total}
     classes = [1] if k == 2 else list(range(k))
-    sens, spec = [], []
-    for c in classes:
-        pos, neg = y == c, y != c
-        sens.append((pred[pos] == c).mean() if pos.any() else np.nan)
-        spec.append((pred[neg] != c).mean() if neg.any() else np.nan)
-    out["sensitivity"] = float(np.nanmean(sens)) if not np.all(np.isnan(sens)) else float("nan")
-    out["specificity"] = float(np.nanmean(spec)) if not np.all(np.isnan(spec)) else float("nan")
-    present = np.unique(y)
-    if len(present) < 2 or (k > 2 and len(present) < k):
-        out["auc"] = float("nan")
-    elif k == 2:
-        out["auc"] = float(roc_auc_score(y, probs[:, 1]))
-    else:
-        out["auc"] = float(roc_auc_score(y, probs, multi_class="ovr", labels=list(range(k))))
+    sens, spec, aucs = [], [], []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for c in classes:
+            pos, neg = y == c, y != c
+            wp, wn = w[:, pos], w[:, neg]
+            npos, nneg = wp.sum(1), wn.sum(1)
+            sens.append(wp @ (pred[pos] == c).astype(np.float64) / npos)
+            spec.append(wn @ (pred[neg] != c).astype(np.float64) / nneg)
+            score = probs[:, c] if k > 2 else probs[:, 1]
+            if pos.sum() * neg.sum() <= _PAIRWISE_MAX:
+                sp, sn = score[pos][:, None], score[neg][None, :]
+                wins = (sp > sn) + 0.5 * (sp == sn)  # (n_pos, n_neg)
+                aucs.append(np.einsum("bi,ij,bj->b", wp, wins, wn) / (npos * nneg))
+            else:
+                aucs.append(np.array([_auc_ranked(score, pos, row) for row in w]))
+        sens_a, spec_a, auc_a = np.array(sens), np.array(spec), np.array(aucs)
+        out["sensitivity"] = _nanmean0(sens_a)
+        out["specificity"] = _nanmean0(spec_a)
+        # scikit-learn needs every class present for a multi-class AUC
+        out["auc"] = auc_a[0] if k == 2 else np.where(np.isnan(auc_a).any(0), np.nan,
+                                                       auc_a.mean(0) if len(auc_a) else np.nan)
     return out
+
+
+_PAIRWISE_MAX = 4_000_000  # positive x negative pairs held as one matrix; beyond: ranks
+
+
+def _auc_ranked(score: np.ndarray, pos: np.ndarray, w: np.ndarray) -> float:
+    """Weighted Mann-Whitney AUC of one resample by sorting (ties count half)."""
+    order = np.argsort(score, kind="mergesort")
+    s, p, ww = score[order], pos[order], w[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]
+    wp_g = np.add.reduceat(ww * p, starts)
+    wn_g = np.add.reduceat(ww * ~p, starts)
+    denom = wp_g.sum() * wn_g.sum()
+    if denom == 0:
+        return float("nan")
+    return float((wp_g * (np.cumsum(wn_g) - wn_g + 0.5 * wn_g)).sum() / denom)
+
+
+def _nanmean0(a: np.ndarray) -> np.ndarray:
+    """Mean over axis 0 ignoring NaN; NaN where a column is all NaN (no warning)."""
+    ok = ~np.isnan(a)
+    n = ok.sum(0)
+    return np.where(n > 0, np.where(ok, a, 0.0).sum(0) / np.maximum(n, 1), np.nan)
 
 
 def _resamples(n: int, n_bootstrap: int, seed: int) -> np.ndarray:
@@ -240,8 +393,8 @@ def bootstrap_cis(probs: np.ndarray, y: np.ndarray, *, n_bootstrap: int = 1000,
                   confidence: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap CIs (resampling cases) of accuracy, sensitivity, specificity, AUC."""
     probs, y = _check_probs(probs, y)
-    rows = [_point_metrics(probs, y, idx) for idx in _resamples(len(y), n_bootstrap, seed)]
-    return {k: _interval(np.array([r[k] for r in rows]), confidence) for k in rows[0]}
+    w = _counts(_resamples(len(y), n_bootstrap, seed), len(y))
+    return {k: _interval(v, confidence) for k, v in _weighted_metrics(probs, y, w).items()}
 
 
 def non_inferiority(ref_probs: np.ndarray, cand_probs: np.ndarray, y: np.ndarray, *,
@@ -265,9 +418,9 @@ def non_inferiority(ref_probs: np.ndarray, cand_probs: np.ndarray, y: np.ndarray
         raise InvalidInputError("unknown non-inferiority metric",
                                 expected="accuracy, sensitivity, specificity or auc", found=metric)
     diff = _point_metrics(cand_probs, y)[metric] - _point_metrics(ref_probs, y)[metric]
-    diffs = np.array([_point_metrics(cand_probs, y, idx)[metric]
-                      - _point_metrics(ref_probs, y, idx)[metric]
-                      for idx in _resamples(len(y), n_bootstrap, seed)])
+    w = _counts(_resamples(len(y), n_bootstrap, seed), len(y))
+    diffs = (_weighted_metrics(cand_probs, y, w)[metric]
+             - _weighted_metrics(ref_probs, y, w)[metric])
     lo, hi = _interval(diffs, confidence)
     return {"metric": metric, "margin": margin, "difference": float(diff), "ci": (lo, hi),
             "confidence": confidence, "non_inferior": bool(np.isfinite(lo) and lo > -margin),

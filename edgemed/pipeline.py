@@ -1,15 +1,21 @@
 """build(): model -> passes (per candidate variant) -> accuracy gate -> chosen artifact on disk.
 
-For a target profile, every candidate variant's pass chain runs (shared prefixes, such as the ONNX
-export, run once), each result is gated against the FP32 ONNX reference on the validation set,
-and, when this host can stand in for the target, the passing candidates are timed side by side
-(interleaved) and the fastest kept; otherwise the profile's declared default is used and the
-latency is marked unmeasured. What was tried, the timings and the choice go into provenance.
+For a target profile, every candidate variant the device CPU is eligible for (``when`` /
+``unless`` rules on CPU flags) has its pass chain run (shared prefixes, such as the ONNX export,
+run once), and each result is gated against the FP32 ONNX reference on the validation set. When
+this host can stand in for the target, the passing candidates are timed side by side
+(interleaved) with the FP32 baseline and the fastest compressed one no slower than FP32 kept;
+otherwise the profile's declared default is used, gated with Q/DQ simulated in float (so the
+verdict does not depend on the build host's integer kernels), and the latency is marked
+unmeasured. When no compressed candidate can ship, the FP32 baseline does (``fallback-fp32``)
+unless the profile sets ``require_compressed``. What was tried, the timings and the choice go into
+provenance.
 Nothing is written to ``out`` unless the gate passes (then ``report.json`` alone on failure).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -34,9 +40,10 @@ from .errors import GateError, InvalidInputError, MissingDependencyError, Profil
 from .evaluate import GateConfig, GateResult, check_labels, run_gate
 from .model import ModelSource, load_model
 from .passes.base import BuildContext, get_pass_class
-from .targets import TargetProfile, Variant, host_matches, load_target
+from .targets import TargetProfile, Variant, cpu_flags, host_matches, isa_summary, load_target
 
 REPORT_FILE = "report.json"
+SIMULATED = "onnxruntime, QDQ simulated in float (graph optimizations off): host-independent"
 
 
 @dataclass
@@ -50,6 +57,9 @@ class BuildOptions:
     tie_tolerance: float = 0.05
     keep_reference: bool = True
     eval_batch: int = 16
+    device_cpu_flags: frozenset[str] | None = None
+    """The device CPU's flags when the build host cannot stand in for the target (None: unknown;
+    variants with a ``when`` rule are then left out)."""
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -138,20 +148,23 @@ class _Runner:
             self.memo[key] = p(art, wd, self.ctx)
         return self.memo[key]
 
-    def run(self, variant: Variant) -> tuple[Artifact, Artifact | None]:
-        """Return (final artifact, the FP32 ONNX export of the *unmodified* source if any).
+    def run(self, variant: Variant) -> tuple[Artifact, Artifact | None, Artifact | None]:
+        """Return (final artifact, the FP32 ONNX export of the *unmodified* source if any, the
+        last QDQ ONNX of the chain if any: what the host-independent evaluator runs).
 
         When torch-side passes (pruning, clustering...) change the model before the export, the
         reference is the same export run on the source model, so the gate compares the
         compressed candidate with the original FP32 model.
         """
-        art, fp32 = self.source, None
+        art, fp32, qdq = self.source, None, None
         key = ""
         torch_changed = False
         for i, (pname, settings) in enumerate(variant.pass_specs()):
             key += json.dumps([pname, settings], sort_keys=True)
             before = art
             art = self._step(key, pname, settings, art, variant.name)
+            if art.format == "onnx-qdq":
+                qdq = art
             if art.format == "torch" and before.format == "torch" and art is not before:
                 torch_changed = True
             if art.format == "onnx" and fp32 is None:
@@ -163,7 +176,7 @@ class _Runner:
         if fp32 is None and self.source.format == "torch":  # e.g. qat: torch -> onnx-qdq directly
             fp32 = self._step(json.dumps(["export_onnx", {}]), "export_onnx", {}, self.source,
                               "reference")
-        return art, fp32
+        return art, fp32, qdq
 
 
 def variant_unavailable(variant: Variant) -> str:
@@ -286,16 +299,28 @@ def _build_in(stage: Path, out_dir: Path, src: ModelSource, io: IOSpec, spec: Pr
     if calib is not None:
         source = source.with_record({"pass": "calibration_set", **calib.info()})
     runner = _Runner(source, work, ctx)
+    device_flags = cpu_flags() if match else opts.device_cpu_flags
+    excluded: dict[str, str] = {}
+    for v in profile.variants:
+        ok, why_not = v.eligible(device_flags)
+        if not ok:
+            excluded[v.name] = why_not
+    isa = {"device_cpu_flags": "build host" if match else (
+               "declared (BuildOptions.device_cpu_flags)" if device_flags is not None else "unknown"),
+           "flags": isa_summary(device_flags) if device_flags is not None else [],
+           "host_flags": isa_summary(), "excluded": excluded}
+    baseline = profile.baseline
     if opts.select not in ("auto", "default"):
         profile.variant(opts.select)
-    chosen_names = [v.name for v in profile.variants]
-    if opts.select not in ("auto", "default"):
         chosen_names = [opts.select]
     elif opts.select == "default" or not match:
         chosen_names = [profile.default_variant]
+    else:
+        chosen_names = [v.name for v in profile.variants if v.name not in excluded]
     skipped = {n: why for n in chosen_names if (why := variant_unavailable(profile.variant(n)))}
     if skipped and len(skipped) == len(chosen_names) and opts.select == "auto":
-        rest = [v.name for v in profile.variants if v.name not in skipped and not variant_unavailable(v)]
+        rest = [v.name for v in profile.variants if v.name not in skipped and v.name not in excluded
+                and not variant_unavailable(v)]
         chosen_names = rest[:1]
     else:
         chosen_names = [n for n in chosen_names if n not in skipped]
@@ -308,31 +333,53 @@ def _build_in(stage: Path, out_dir: Path, src: ModelSource, io: IOSpec, spec: Pr
         )
     results: dict[str, tuple[Artifact, GateResult | None]] = {}
     gated_with: dict[str, dict[str, str]] = {}
-    reference: Artifact | None = None
-    ref_logits = None
-    for name in chosen_names:
+    state: dict[str, Any] = {"reference": None, "ref_logits": None}
+
+    def gate_one(name: str) -> None:
         v = profile.variant(name)
-        art, fp32 = runner.run(v)
+        art, fp32, qdq = runner.run(v)
         art = art.evolve(backend=v.backend, backend_options=profile.backend_options(v),
                          target={"name": profile.name, "sha256": profile.sha256, "variant": v.name})
-        if reference is None and fp32 is not None:
-            reference = fp32.evolve(backend="onnxruntime", backend_options=dict(profile.runtime))
+        if state["reference"] is None and fp32 is not None:
+            state["reference"] = fp32.evolve(backend="onnxruntime",
+                                             backend_options=dict(profile.runtime))
             if val_x is not None:
                 say("evaluating the FP32 reference")
-                ref_logits = _logits(reference, "onnxruntime", {"threads": threads}, val_x,
-                                     opts.eval_batch)
+                state["ref_logits"] = _logits(state["reference"], "onnxruntime",
+                                              {"threads": threads}, val_x, opts.eval_batch)
         verdict = None
-        if ref_logits is not None and val_x is not None:
+        if state["ref_logits"] is not None and val_x is not None:
             say(f"{name}: accuracy gate")
             gate_be, gate_why = gate_backend(v)
-            gated_with[name] = {"backend": gate_be, "why": gate_why}
             gate_opts = {**art.backend_options, "threads": threads}
             verdict = probe_candidate(art, gate_be, gate_opts, val_x[:1], val_y is not None)
             if verdict is None:
-                cand = _logits(art, gate_be, gate_opts, val_x, opts.eval_batch)
-                verdict = run_gate(ref_logits, cand, val_y, gate_cfg)
+                if not match and qdq is not None:
+                    # the host's integer kernels are not the device's: Q/DQ simulated in float
+                    evaluator = SIMULATED
+                    cand = _logits(qdq, "onnxruntime", {"threads": threads,
+                                                        "graph_optimization": "disable"},
+                                   val_x, opts.eval_batch)
+                else:
+                    evaluator = (f"{gate_be} on this host's kernels "
+                                 f"({', '.join(isa['host_flags']) or 'no ISA flags'})")
+                    cand = _logits(art, gate_be, gate_opts, val_x, opts.eval_batch)
+                verdict = dataclasses.replace(run_gate(state["ref_logits"], cand, val_y, gate_cfg),
+                                              evaluator=evaluator)
+            gated_with[name] = {"backend": gate_be, "why": gate_why,
+                                "evaluator": verdict.evaluator or "crash probe"}
         results[name] = (art, verdict)
+
+    for name in chosen_names:
+        gate_one(name)
+    reference: Artifact | None = state["reference"]
     passing = [n for n, (_, g) in results.items() if g is None or g.passed]
+    compressed = [n for n in passing if baseline is None or n != baseline.name]
+    fallback_needed = not compressed and opts.select in ("auto", "default")
+    if (fallback_needed and baseline is not None and baseline.name not in results
+            and not variant_unavailable(baseline)):
+        gate_one(baseline.name)  # the declared default failed: the FP32 baseline is the fallback
+        passing = [n for n, (_, g) in results.items() if g is None or g.passed]
     warnings = []
     first = next((g for _, g in results.values() if g is not None and g.labelled), None)
     if first is not None and first.reference.get("auc", 1.0) < 0.5:
@@ -340,53 +387,94 @@ def _build_in(stage: Path, out_dir: Path, src: ModelSource, io: IOSpec, spec: Pr
             f"the FP32 reference scores AUC {first.reference['auc']:.3f} (< 0.5) on the validation "
             f"set: the class order {list(io.labels)} may not match the model's outputs; pass "
             "labels=... (--labels) in output order")
+    warnings += sorted({w for _, g in results.values() if g is not None for w in g.warnings})
     selection: dict[str, Any] = {
         "host_matches_target": match, "host": match_why, "gate_data": gate_data,
         "class_order": list(io.labels), "warnings": warnings,
         "candidates": {n: (g.to_dict() if g else None) for n, (_, g) in results.items()},
-        "skipped": skipped,
-        "gated_with": gated_with,
+        "skipped": skipped, "isa": isa,
+        "gated_with": gated_with, "gate_rule": gate_cfg.describe(val_y is not None),
     }
     timings: dict[str, Any] = {}
-    if not passing:
+    base_name = baseline.name if baseline is not None else None
+    if not passing or (fallback_needed and profile.require_compressed):
         report = {"ok": False, "target": profile.name, "selection": selection,
                   "seconds": round(time.perf_counter() - t_start, 2)}
         _write_report_only(out_dir, report)
         raise GateError(
-            f"no candidate for {profile.name} passed the accuracy gate",
-            expected=f"accuracy drop <= {gate_cfg.max_accuracy_drop}, AUC drop <= "
-            f"{gate_cfg.max_auc_drop}" if val_y is not None else
-            f"top-1 agreement >= {gate_cfg.min_agreement}",
-            found="; ".join(f"{n}: {', '.join(g.reasons)}" for n, (_, g) in results.items() if g),
+            f"no {'compressed ' if passing else ''}candidate for {profile.name} passed the "
+            "accuracy gate" + (" (require_compressed: no FP32 fallback)" if passing else ""),
+            expected=gate_cfg.describe(val_y is not None),
+            found="; ".join(f"{n}: {', '.join(g.reasons)}" for n, (_, g) in results.items()
+                            if g and g.reasons),
             fix="try calibration='percentile' or 'entropy', keep sensitive layers in FP32, or "
             "relax the gate deliberately", report=report,
         )
-    if match and len(passing) > 1 and val_x is not None:
+    # status: compressed | fallback-fp32 (no compressed candidate could ship) | fp32 (asked for)
+    status, fallback_why = "compressed", ""
+    if match and val_x is not None and len(passing) > 1:
         say("timing the candidates on this host")
-        timings = _time_variants({n: results[n][0] for n in passing}, reference, val_x[:1],
-                                 threads, opts.timing_runs)
-        best = min(timings[n]["p50"] for n in passing)
+        timings = _time_variants({n: results[n][0] for n in passing},
+                                 None if base_name in passing else reference, val_x[:1],
+                                 threads, opts.timing_runs, base_name)
+        base_p50 = timings[base_name]["p50"] if base_name in passing else None
+        fast = [n for n in compressed if base_p50 is None or timings[n]["p50"] <= base_p50]
+        slower = [n for n in compressed if n not in fast]
+        pool = fast or [n for n in passing if n == base_name]
+        best = min(timings[n]["p50"] for n in pool)
         # candidates within the tie tolerance of the fastest count as equally fast: the first in
         # the profile's order wins, so re-running a build does not flip on timing noise
-        chosen = next(n for n in passing if timings[n]["p50"] <= best * (1 + opts.tie_tolerance))
-        why = (f"fastest of {len(passing)} candidates that passed the gate, timed on this host "
-               f"({match_why}); ties within {opts.tie_tolerance:.0%} go to the profile's order")
+        chosen = next(n for n in pool if timings[n]["p50"] <= best * (1 + opts.tie_tolerance))
+        why = (f"fastest of {len(pool)} compressed candidate(s) that passed the gate and ran no "
+               f"slower than FP32, timed on this host ({match_why}); ties within "
+               f"{opts.tie_tolerance:.0%} go to the profile's order")
+        if slower:
+            why += "; slower than FP32 here: " + ", ".join(
+                f"{n} {timings[n].get('ratio_to_fp32', 0):.2f}x" for n in slower)
+        if chosen == base_name:
+            status = "fallback-fp32"
+            fallback_why = ("no compressed candidate passed the gate" if not compressed else
+                            "every compressed candidate that passed the gate ran slower than FP32 "
+                            "on this host: " + ", ".join(
+                                f"{n} {timings[n].get('ratio_to_fp32', 0):.2f}x" for n in compressed))
+            why = f"FP32 baseline ({fallback_why})"
+            if profile.require_compressed:
+                report = {"ok": False, "target": profile.name, "selection": selection,
+                          "timings_ms": timings, "seconds": round(time.perf_counter() - t_start, 2)}
+                _write_report_only(out_dir, report)
+                raise GateError(f"no compressed candidate for {profile.name} is worth shipping",
+                                expected="a compressed candidate no slower than FP32",
+                                found=fallback_why, code="slower-than-fp32", report=report,
+                                fix="drop require_compressed, or add faster variants")
     else:
-        chosen = passing[0]
-        if match and reference is not None and val_x is not None:
+        chosen = next((n for n in passing if n != base_name), passing[0])
+        if match and val_x is not None:
             timings = _time_variants({chosen: results[chosen][0]}, reference, val_x[:1], threads,
-                                     opts.timing_runs)
-        why = ("the only candidate requested" if opts.select not in ("auto", "default") else
-               f"the profile's declared default; latency {'measured' if timings else 'unmeasured'}"
-               f" ({match_why})")
-    selection.update({"chosen": chosen, "why": why, "timings_ms": timings,
+                                     opts.timing_runs, None)
+        how = f"latency {'measured' if timings else 'unmeasured'} ({match_why})"
+        tried_compressed = any(n != base_name for n in results)
+        if opts.select not in ("auto", "default"):
+            why = f"the only candidate requested; {how}"
+        elif chosen == base_name and tried_compressed:
+            status, fallback_why = "fallback-fp32", "no compressed candidate passed the gate"
+            why = f"FP32 baseline ({fallback_why}: " + "; ".join(
+                f"{n}: {', '.join(g.reasons)}" for n, (_, g) in results.items()
+                if g and g.reasons) + f"); {how}"
+        else:
+            why = f"the profile's declared default; {how}"
+        if chosen == base_name and status == "compressed":
+            status = "fp32"
+    selection.update({"chosen": chosen, "why": why, "timings_ms": timings, "status": status,
+                      "fallback_reason": fallback_why,
                       "latency": "measured" if timings else "unmeasured"})
     art, verdict = results[chosen]
     return _finish(stage, out_dir, art, reference, verdict, selection, profile, opts, t_start)
 
 
 def _time_variants(arts: dict[str, Artifact], reference: Artifact | None, x: np.ndarray,
-                   threads: int, runs: int) -> dict[str, Any]:
+                   threads: int, runs: int, baseline: str | None) -> dict[str, Any]:
+    """Interleaved p50/p99 of each artifact (and of ``reference`` as "fp32-reference" when
+    given); ``ratio_to_fp32`` against the baseline variant or the reference."""
     sessions = {n: open_artifact(a, options={**a.backend_options, "threads": threads})
                 for n, a in arts.items()}
     if reference is not None:
@@ -399,8 +487,9 @@ def _time_variants(arts: dict[str, Artifact], reference: Artifact | None, x: np.
         for s in sessions.values():
             s.close()
     out: dict[str, Any] = {n: st.to_dict() for n, st in stats.items()}
-    if "fp32-reference" in stats:
-        ref = stats["fp32-reference"].p50
+    ref_name = baseline if baseline in stats else "fp32-reference"
+    if ref_name in stats:
+        ref = stats[ref_name].p50
         for n in arts:
             out[n]["ratio_to_fp32"] = round(stats[n].p50 / ref, 4)
     return out

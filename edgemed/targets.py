@@ -27,6 +27,7 @@ from .passes.base import get_pass_class, make_config
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "targets"
 SOURCE_FORMATS = ("torch", "onnx")
+IMPLICIT_BASELINE = "fp32-baseline"
 
 
 class _Strict(BaseModel):
@@ -40,6 +41,27 @@ class HostMatch(_Strict):
     cpu_flags_any: tuple[str, ...] = ()
     cpu_flags_all: tuple[str, ...] = ()
     needs_gpu: bool = False
+
+
+class CpuCondition(_Strict):
+    """A rule on the device CPU's feature flags (``/proc/cpuinfo`` names, e.g. ``avx512_vnni``)."""
+
+    cpu_flags_any: tuple[str, ...] = ()
+    cpu_flags_all: tuple[str, ...] = ()
+
+    def holds(self, flags: frozenset[str]) -> bool:
+        """Whether a CPU with ``flags`` satisfies the rule (an empty rule always holds)."""
+        if self.cpu_flags_all and not set(self.cpu_flags_all) <= flags:
+            return False
+        return not self.cpu_flags_any or bool(set(self.cpu_flags_any) & flags)
+
+    def describe(self) -> str:
+        parts = []
+        if self.cpu_flags_any:
+            parts.append("any of " + ", ".join(self.cpu_flags_any))
+        if self.cpu_flags_all:
+            parts.append("all of " + ", ".join(self.cpu_flags_all))
+        return " and ".join(parts) or "always"
 
 
 class Budget(_Strict):
@@ -62,6 +84,26 @@ class Variant(_Strict):
     gate_backend: str | None = None
     """Backend that gates the variant on a build host where ``backend`` is not available
     (e.g. onnxruntime running the ONNX of a TensorRT recipe); recorded in provenance."""
+    when: CpuCondition | None = None
+    """A candidate only on devices whose CPU satisfies this (e.g. VNNI for U8S8 kernels)."""
+    unless: CpuCondition | None = None
+    """Not a candidate on devices whose CPU satisfies this."""
+    baseline: bool = False
+    """The uncompressed (FP32) candidate: compressed candidates must beat its latency on a
+    host-matched build, and it ships as ``fallback-fp32`` when no compressed candidate can."""
+
+    def eligible(self, flags: frozenset[str] | None) -> tuple[bool, str]:
+        """Whether the variant is a candidate on a device CPU with ``flags`` (None: unknown,
+        e.g. the build host cannot stand in for the target), and why not."""
+        if flags is None:
+            if self.when is not None:
+                return False, f"needs a device CPU with {self.when.describe()} (device CPU unknown)"
+            return True, ""
+        if self.when is not None and not self.when.holds(flags):
+            return False, f"needs a device CPU with {self.when.describe()}"
+        if self.unless is not None and self.unless.holds(flags):
+            return False, f"not for a device CPU with {self.unless.describe()}"
+        return True, ""
 
     def pass_specs(self) -> list[tuple[str, dict[str, Any]]]:
         """``[(pass_name, settings), ...]``."""
@@ -80,6 +122,8 @@ class TargetProfile(_Strict):
     calibration: CalibrationSettings = CalibrationSettings()
     gate: GateConfig = GateConfig()
     default_variant: str
+    require_compressed: bool = False
+    """True: fail rather than ship the FP32 baseline (``fallback-fp32``)."""
     variants: tuple[Variant, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -89,7 +133,32 @@ class TargetProfile(_Strict):
             raise ValueError(f"variant names repeat: {names}")
         if self.default_variant not in names:
             raise ValueError(f"default_variant {self.default_variant!r} is not one of {names}")
+        if self.variant(self.default_variant).when is not None:
+            raise ValueError(f"default_variant {self.default_variant!r} has a `when` rule: the "
+                             "default must be a candidate on every device of the target")
+        baselines = [v.name for v in self.variants if v.baseline]
+        if len(baselines) > 1:
+            raise ValueError(f"more than one baseline variant: {baselines}")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fp32_always(cls, data: Any) -> Any:
+        """A CPU profile without a baseline gets one: the FP32 ONNX run by onnxruntime (the
+        base device runtime), so FP32 is always a candidate and always the fallback."""
+        if not isinstance(data, dict) or data.get("kind", "cpu") != "cpu":
+            return data
+        variants = list(data.get("variants") or [])
+        if variants and not any(isinstance(v, dict) and v.get("baseline") for v in variants):
+            variants.append({"name": IMPLICIT_BASELINE, "backend": "onnxruntime", "baseline": True,
+                             "passes": [{"pass": "export_onnx"}]})
+            data = {**data, "variants": variants}
+        return data
+
+    @property
+    def baseline(self) -> Variant | None:
+        """The FP32 baseline variant, if the profile has one."""
+        return next((v for v in self.variants if v.baseline), None)
 
     @property
     def sha256(self) -> str:
@@ -207,6 +276,16 @@ def cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16",
+             "asimddp", "i8mm", "bf16", "fphp", "asimdhp")
+"""The flags that change which integer / reduced-precision kernels a CPU runs (recorded)."""
+
+
+def isa_summary(flags: frozenset[str] | None = None) -> list[str]:
+    """The ISA-relevant flags of ``flags`` (default: this host's), sorted."""
+    return sorted(set(ISA_FLAGS) & (cpu_flags() if flags is None else flags))
 
 
 def host_matches(profile: TargetProfile) -> tuple[bool, str]:

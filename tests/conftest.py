@@ -45,12 +45,30 @@ def trained_tiny(synthetic_dir: Path, spec16):
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path, spec16,
                   trained_tiny):
-    """The trained TinyNet built for cpu-x86 from the synthetic folder (calib + validation)."""
+    """The trained TinyNet built for cpu-x86 from the synthetic folder (calib + validation), as
+    the variant that is an INT8 candidate on every x86 CPU (``ort-int8-rr``), so the tests that
+    need an INT8 artifact get one whichever variant would be fastest here."""
+    import torch
+
+    import edgemed
+    from edgemed.pipeline import BuildOptions
+
+    out = tmp_path_factory.mktemp("built") / "art"
+    return edgemed.build(trained_tiny, torch.zeros(1, 1, 16, 16), calibration=synthetic_dir,
+                         validation=synthetic_dir, target="cpu-x86", out=out,
+                         labels=("no_lesion", "lesion"), preprocess=spec16,
+                         options=BuildOptions(select="ort-int8-rr"))
+
+
+@pytest.fixture(scope="session")
+def tiny_auto(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path, spec16,
+              trained_tiny):
+    """The same build with automatic selection (every candidate this CPU is eligible for)."""
     import torch
 
     import edgemed
 
-    out = tmp_path_factory.mktemp("built") / "art"
+    out = tmp_path_factory.mktemp("built") / "auto"
     return edgemed.build(trained_tiny, torch.zeros(1, 1, 16, 16), calibration=synthetic_dir,
                          validation=synthetic_dir, target="cpu-x86", out=out,
                          labels=("no_lesion", "lesion"), preprocess=spec16)

@@ -74,19 +74,53 @@ def test_non_inferiority_decisions():
         non_inferiority(good, worse, y, metric="f2")
 
 
-def test_gate_can_require_non_inferiority():
-    rng = np.random.default_rng(3)
-    y = rng.integers(0, 2, 60)
-    ref = np.where(y[:, None] == np.arange(2), 2.0, -2.0)
+def _two_class(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    y = np.random.default_rng(seed).integers(0, 2, n)
+    return y, np.where(y[:, None] == np.arange(2), 2.0, -2.0)
+
+
+def test_default_gate_counts_its_samples():
+    # one flipped case of 80 (the AVX2 demo's mobile verdict): -0.0125 accuracy, inside the CI
+    y, ref = _two_class(80, 3)
+    cand = ref.copy()
+    cand[0] *= -1
+    g = run_gate(ref, cand, y, GateConfig())
+    assert g.passed, g.reasons
+    assert set(g.non_inferiority) == {"accuracy", "auc"}
+    acc = g.non_inferiority["accuracy"]
+    assert acc["difference"] == pytest.approx(-1 / 80) and acc["ci"][0] > -0.05
+    assert acc["n"] == 80 and "n=80" in g.summary() and "accuracy -0.01" in g.summary()
+    # a reference right on 90% of 80 cases: its own 95% CI (+/-0.066) is wider than the margin
+    wrong = ref.copy()
+    wrong[10:18] *= -1
+    assert run_gate(wrong, wrong.copy(), y, GateConfig(bootstrap=100)).warnings[0].startswith("n=80")
+    # many flips: the CI's lower bound crosses the margin, whatever the point estimate says
+    bad = ref.copy()
+    bad[:8] *= -1
+    g = run_gate(ref, bad, y, GateConfig())
+    assert not g.passed and "not non-inferior on accuracy" in g.reasons[0]
+
+
+def test_gate_absolute_limits_stay_options():
+    y, ref = _two_class(60, 3)
     cand = ref.copy()
     cand[:2] *= -1  # two flips: accuracy drop 3.3 points
-    loose = GateConfig(max_accuracy_drop=0.05, max_auc_drop=0.1)
-    assert run_gate(ref, cand, y, loose).passed
-    strict = loose.model_copy(update={"require_non_inferiority": True,
-                                      "non_inferiority_margin": 0.02, "bootstrap": 200})
+    assert not run_gate(ref, cand, y, GateConfig(decision="absolute")).passed  # 0.01 default
+    loose = GateConfig(decision="absolute", max_accuracy_drop=0.05, max_auc_drop=0.1)
+    g = run_gate(ref, cand, y, loose)
+    assert g.passed and g.non_inferiority is None
+    both = GateConfig(max_accuracy_drop=0.02, bootstrap=200)  # NI and an absolute limit
+    g = run_gate(ref, cand, y, both)
+    assert not g.passed and any("accuracy dropped" in r for r in g.reasons)
+    strict = GateConfig(non_inferiority_margin=0.02, bootstrap=200)
     g = run_gate(ref, cand, y, strict)
     assert not g.passed and "non-inferior" in g.reasons[0]
-    assert g.to_dict()["non_inferiority"]["metric"] == "accuracy"
+    assert g.to_dict()["non_inferiority"]["accuracy"]["margin"] == 0.02
+
+
+def test_no_warning_when_the_set_is_large_enough():
+    y, ref = _two_class(2000, 4)
+    assert not run_gate(ref, ref.copy(), y, GateConfig(bootstrap=100)).warnings
 
 
 def test_existing_api_unchanged():

@@ -34,12 +34,15 @@ def register(app: typer.Typer) -> None:
             if as_json:
                 print_json({"ok": True, **asdict(r)})
                 return
-            console.print(f"split by patient: {r.split}; chose [bold]{r.chosen_variant}[/]: {r.why}")
-            t = Table(title="held-out test patients: FP32 vs INT8 (same run)")
+            first = next(o for o in r.release["targets"] if o["chosen"] == r.chosen_variant)
+            console.print(f"split by patient: {r.split}; {first['target']} chose "
+                          f"[bold]{r.chosen_variant}[/] ({first['status']}): {r.why}")
+            t = Table(title=f"held-out test patients: FP32 vs {first['target']} {r.chosen_variant} "
+                            "(same run)")
             t.add_column("")
             t.add_column("FP32", justify="right")
-            t.add_column("INT8", justify="right")
-            t.add_column("INT8 / FP32", justify="right")
+            t.add_column("chosen", justify="right")
+            t.add_column("chosen / FP32", justify="right")
             for k in ("accuracy", "auc", "sensitivity", "specificity", "f1"):
                 t.add_row(k, f"{r.fp32[k]:.3f}", f"{r.int8[k]:.3f}", f"{r.int8[k] - r.fp32[k]:+.3f}")
             t.add_row("size (MB)", f"{r.size_bytes['fp32'] / 1e6:.2f}", f"{r.size_bytes['int8'] / 1e6:.2f}",
@@ -54,15 +57,25 @@ def register(app: typer.Typer) -> None:
             for row in r.predictions:
                 p.add_row(row["file"], row["label"], row["predicted"], f"{row['p_lesion']:.3f}")
             console.print(p)
+            from edgemed.evaluate import gate_summary
+
             rt = Table(title=f"release: one bundle per target ({r.release['seconds']:.0f} s)")
-            for col in ("target", "status", "chosen", "size (MB)", "device check", "bundle"):
+            for col in ("target", "status", "chosen", "gate: n, diff [CI]", "latency", "size (MB)",
+                        "device check"):
                 rt.add_column(col)
             for o in r.release["targets"]:
-                rt.add_row(o["target"], o["status"], str(o["chosen"]),
+                lat = o.get("latency")
+                rt.add_row(o["target"], o["status"], str(o["chosen"]), gate_summary(o.get("gate")),
+                           "unmeasured (host is not the device)" if isinstance(lat, str)
+                           and lat.startswith("unmeasured") else "measured" if lat else "–",
                            f"{(o['size_bytes'] or 0) / 1e6:.2f}",
-                           "ok" if (o.get("device_check") or {}).get("ok") else "–",
-                           str(o["bundle"]) if o["bundle"] else str((o.get("error") or {}).get("message")))
+                           "ok" if (o.get("device_check") or {}).get("ok") else "–")
             console.print(rt)
+            for o in r.release["targets"]:
+                console.print(f"[bold]{o['target']}[/]: {o['status']}, chose {o['chosen']}: "
+                              f"{o.get('why') or (o.get('error') or {}).get('message')}")
+                for w in (o.get("gate") or {}).get("warnings") or ():
+                    console.print(f"  [yellow]warning:[/] {w}")
             console.print(f"report: {r.release['report']}")
             console.print(f"try: edgemed predict {r.artifact} {r.out / 'dicom'}   |   "
                           f"edgemed release {r.out / 'edgemed.toml'} (re-run: unchanged steps skip)")

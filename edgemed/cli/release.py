@@ -13,7 +13,10 @@ from .common import console, handle_errors, print_json, progress_callback
 def render_release(r: object) -> None:
     """Print a release result as a rich table."""
     t = Table(title=f"release in {r.seconds:.1f} s ({r.skipped_steps} unchanged steps skipped)")  # type: ignore[attr-defined]
-    for col in ("target", "status", "chosen", "acc FP32/INT8", "size", "p50 ms", "device check"):
+    from edgemed.evaluate import gate_summary
+
+    for col in ("target", "status", "chosen", "acc FP32/chosen", "gate: n, diff [CI]", "size",
+                "p50 ms", "device check"):
         t.add_column(col)
     for o in r.targets:  # type: ignore[attr-defined]
         g = o.gate or {}
@@ -22,12 +25,16 @@ def render_release(r: object) -> None:
         lat = o.latency if isinstance(o.latency, str) else ", ".join(
             f"{c['p50_ms']:.2f}" for c in (o.latency or {}).get("candidates", {}).values()
             if c.get("p50_ms") is not None) or "–"
-        colour = "green" if o.status == "released" else "red"
-        t.add_row(o.target, f"[{colour}]{o.status}[/]", o.chosen or "–", acc,
+        colour = {"released": "green", "fallback-fp32": "yellow"}.get(o.status, "red")
+        t.add_row(o.target, f"[{colour}]{o.status}[/]", o.chosen or "–", acc, gate_summary(g),
                   f"{(o.size_bytes or 0) / 1e6:.2f} MB", lat,
                   "ok" if (o.device_check or {}).get("ok") else "–")
     console.print(t)
     for o in r.targets:  # type: ignore[attr-defined]
+        if o.why:
+            console.print(f"[bold]{o.target}[/]: chose {o.chosen}: {o.why}")
+        for w in (o.gate or {}).get("warnings") or ():
+            console.print(f"[yellow]{o.target}: warning:[/] {w}")
         if o.error:
             console.print(f"[red]{o.target}:[/] {o.error.get('message')}: {o.error.get('found')}")
     console.print(f"report: {r.report}")  # type: ignore[attr-defined]

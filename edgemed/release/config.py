@@ -7,7 +7,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -49,6 +49,11 @@ class PreprocessSection(_Strict):
 
 
 class GateSection(_Strict):
+    """Overrides of the profiles' gates (see ``edgemed.evaluate.GateConfig``)."""
+
+    decision: Literal["non-inferiority", "absolute"] | None = None
+    non_inferiority_margin: float | None = Field(None, gt=0, le=1)
+    min_labelled_agreement: float | None = Field(None, ge=0, le=1)
     max_accuracy_drop: float | None = Field(None, ge=0)
     max_auc_drop: float | None = Field(None, ge=0)
 
@@ -72,6 +77,8 @@ class ReleaseSection(_Strict):
     expiry_days: int = Field(365, ge=1)
     hardware_ids: tuple[str, ...] = ()
     out: str = "release"
+    require_compressed: bool = False
+    """True: a target whose only shippable candidate is the FP32 baseline fails instead."""
 
 
 class BenchSection(_Strict):

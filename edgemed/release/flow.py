@@ -23,11 +23,13 @@ from .config import ReleaseConfig, load_release_config
 from .state import StepState, content_key, tree_key
 
 Say = Callable[[str], None]
+SHIPPED = ("released", "fallback-fp32")
 
 
 @dataclass
 class TargetOutcome:
-    """What happened for one target (``status``: released, gate-failed or failed)."""
+    """What happened for one target (``status``: released, fallback-fp32 (shipped the FP32
+    baseline: no compressed candidate could ship, ``why`` says why), gate-failed or failed)."""
 
     target: str
     status: str = "pending"
@@ -59,14 +61,14 @@ class ReleaseResult:
 
     @property
     def ok(self) -> bool:
-        return all(t.status == "released" for t in self.targets)
+        return all(t.status in SHIPPED for t in self.targets)
 
     @property
     def exit_code(self) -> int:
-        """0 all released; 1 a gate failed; 2 another failure."""
+        """0 all shipped (released or fallback-fp32); 1 a gate failed; 2 another failure."""
         if self.ok:
             return 0
-        return 1 if all(t.status in ("released", "gate-failed") for t in self.targets) else 2
+        return 1 if all(t.status in (*SHIPPED, "gate-failed") for t in self.targets) else 2
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "out": str(self.out), "dataset": self.dataset,
@@ -192,6 +194,8 @@ def _release_target(cfg: ReleaseConfig, target: str, o: TargetOutcome, state: St
     from .device_check import verify_as_device
 
     profile = load_target(target)
+    if cfg.release.require_compressed:
+        profile = profile.model_copy(update={"require_compressed": True})
     name = profile.name  # a target may be given as a .toml path: name files after the profile
     gate = profile.gate.model_copy(update={k: v for k, v in cfg.gate.model_dump().items()
                                            if v is not None})
@@ -279,7 +283,7 @@ def _release_target(cfg: ReleaseConfig, target: str, o: TargetOutcome, state: St
             raise
         o.registry = {"note": exc.message}
     o.steps["register"] = "ran"
-    o.status = "released"
+    o.status = "fallback-fp32" if sel.get("status") == "fallback-fp32" else "released"
 
 
 def _device_check(cfg: ReleaseConfig, bundle_dir: Path, art: Any, dicom_file: Path, say: Say,

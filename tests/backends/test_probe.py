@@ -70,6 +70,7 @@ passes = [{ pass = "export_onnx" }, { pass = "quantize_onnxruntime", activation_
                         validation=synthetic_dir, target=profile, out=tmp_path / "out",
                         labels=("no_lesion", "lesion"), preprocess=spec16)
     sel = art.provenance[-1]
-    assert sel["chosen"] == "fine"
+    # "fine" ships unless the FP32 baseline the profile gets implicitly is faster on this host
+    assert sel["chosen"] in ("fine", "fp32-baseline") and sel["candidates"]["fine"]["passed"]
     boom = sel["candidates"]["boom"]
     assert boom["passed"] is False and "backend-crashed" in boom["reasons"][0]

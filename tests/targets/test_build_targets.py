@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from selection_rules import assert_selection_rule
 
 from edgemed.targets import host_matches, load_target
 
@@ -23,21 +24,15 @@ def _build(tmp_path: Path, net: Any, data_dir: Path, spec: Any, target: str) -> 
                          labels=("no_lesion", "lesion"), preprocess=spec)
 
 
-def test_cpu_x86_tries_onnxruntime_and_openvino(tiny_artifact: Any) -> None:
-    sel = tiny_artifact.provenance[-1]
-    assert set(sel["candidates"]) == {"ort-int8-u8s8", "ort-int8-s8s8", "ov-nncf-int8",
-                                      "ov-nncf-int8-mixed", "ov-qdq-u8s8"} \
-        or not sel["host_matches_target"]
-    if sel["host_matches_target"]:
-        from edgemed.targets import load_target
-
-        order = [v.name for v in load_target("cpu-x86").variants]  # manifest JSON is key-sorted
-        passing = [n for n in order if n in sel["candidates"] and sel["candidates"][n]["passed"]]
-        assert set(passing) <= set(sel["timings_ms"]) and sel["chosen"] in passing
-        assert sel["gated_with"]["ov-nncf-int8"]["backend"] == "openvino"
-        best = min(sel["timings_ms"][n]["p50"] for n in passing)
-        # ties within 5% of the fastest go to the profile's order (reproducible builds)
-        assert sel["chosen"] == next(n for n in passing if sel["timings_ms"][n]["p50"] <= best * 1.05)
+def test_cpu_x86_tries_onnxruntime_and_openvino(tiny_auto: Any) -> None:
+    sel = tiny_auto.provenance[-1]
+    if not sel["host_matches_target"]:
+        pytest.skip("this host cannot stand in for cpu-x86")
+    tried = set(sel["candidates"])
+    assert {"ort-int8-rr", "ov-qdq-u8s8", "ort-fp32"} <= tried
+    assert tried & {"ov-nncf-int8", "ov-nncf-int8-of"}, "one NNCF variant fits every x86 CPU"
+    assert sel["gated_with"]["ov-qdq-u8s8"]["backend"] == "openvino"
+    assert_selection_rule(sel, load_target("cpu-x86"))
 
 
 @pytest.mark.skipif(host_matches(load_target("gpu-cuda"))[0], reason="this host has a GPU")

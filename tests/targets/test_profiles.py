@@ -50,7 +50,7 @@ def test_cpu_x86_offers_openvino_and_onnxruntime() -> None:
     p = load_target("cpu-x86")
     backends = {v.name: v.backend for v in p.variants}
     assert backends["ov-nncf-int8"] == "openvino" and backends["ov-qdq-u8s8"] == "openvino"
-    assert backends["ort-int8-u8s8"] == "onnxruntime"
+    assert backends["ort-int8-u8s8"] == "onnxruntime" and backends["ort-int8-rr"] == "onnxruntime"
     assert p.backend_options(p.variant("ov-nncf-int8"))["precision"] == "f32"
 
 
@@ -149,7 +149,7 @@ def test_user_folder_adds_and_shadows(tmp_path: Path, monkeypatch: pytest.Monkey
     (tmp_path / "my-board.toml").write_text(minimal().replace('"mine"', '"my-board"'))
     (tmp_path / "cpu-x86.toml").write_text(minimal().replace('"mine"', '"cpu-x86"'))
     assert load_target("my-board", [tmp_path]).name == "my-board"
-    assert [v.name for v in load_target("cpu-x86", [tmp_path]).variants] == ["a"]
+    assert [v.name for v in load_target("cpu-x86", [tmp_path]).variants] == ["a", "fp32-baseline"]
     assert "my-board" in list_targets([tmp_path])
     monkeypatch.setenv("EDGEMED_TARGETS", str(tmp_path))
     assert load_target("my-board").name == "my-board"
@@ -204,3 +204,44 @@ def test_host_match_rules() -> None:
 
 def test_builtin_dir_is_the_repo_targets_folder() -> None:
     assert (BUILTIN_DIR / "cpu-x86.toml").is_file()
+
+
+# -- ISA rules and the FP32 baseline -------------------------------------------------------------
+def test_variant_cpu_rules() -> None:
+    p = load_target("cpu-x86")
+    vnni, avx2 = frozenset({"avx2", "avx512_vnni"}), frozenset({"avx2", "fma"})
+    u8s8, rr, of = p.variant("ort-int8-u8s8"), p.variant("ort-int8-rr"), p.variant("ov-nncf-int8-of")
+    assert u8s8.eligible(vnni)[0] and not u8s8.eligible(avx2)[0]
+    assert "avx512_vnni" in u8s8.eligible(avx2)[1]
+    assert of.eligible(avx2)[0] and not of.eligible(vnni)[0]
+    assert rr.eligible(vnni)[0] and rr.eligible(avx2)[0]
+    # device CPU unknown (the host cannot stand in): `when` variants are left out
+    assert not u8s8.eligible(None)[0] and rr.eligible(None)[0] and of.eligible(None)[0]
+    assert p.default_variant == "ort-int8-rr" and p.variant(p.default_variant).when is None
+
+
+@pytest.mark.parametrize("name", ("cpu-x86", "cpu-arm64", "openvino-cpu", "mobile-android"))
+def test_cpu_and_mobile_profiles_have_an_fp32_baseline(name: str) -> None:
+    p = load_target(name)
+    assert p.baseline is not None and p.baseline.when is None
+    assert not any(s[0].startswith("quantize") for s in p.baseline.pass_specs())
+
+
+def test_cpu_profile_without_baseline_gets_onnxruntime_fp32() -> None:
+    p = parse_profile(minimal(), "t")
+    assert [v.name for v in p.variants] == ["a", "fp32-baseline"]
+    assert p.baseline.backend == "onnxruntime" and p.baseline.pass_specs() == [("export_onnx", {})]
+    gpu = parse_profile(minimal(extra='kind = "gpu"\n'), "t")
+    assert gpu.baseline is None
+
+
+def test_default_variant_must_fit_every_device() -> None:
+    text = minimal().replace('backend = "onnxruntime"',
+                             'backend = "onnxruntime"\nwhen = { cpu_flags_any = ["avx512_vnni"] }')
+    with pytest.raises(ProfileError, match="when"):
+        parse_profile(text, "t")
+    two = minimal(extra="") + '[[variants]]\nname = "b"\nbackend = "onnxruntime"\nbaseline = true\n' \
+        'passes = [{ pass = "export_onnx" }]\n[[variants]]\nname = "c"\nbackend = "onnxruntime"\n' \
+        'baseline = true\npasses = [{ pass = "export_onnx" }]\n'
+    with pytest.raises(ProfileError, match="baseline"):
+        parse_profile(two, "t")

@@ -34,6 +34,9 @@ class OpenVinoQuantizeConfig(PassConfig):
     model_type: Literal["cnn", "transformer"] = "cnn"
     keep_fp32_nodes: tuple[str, ...] = ()
     keep_fp32_op_types: tuple[str, ...] = ()
+    #: NNCF's fix for int16 saturation of u8 x s8 sums on x86 CPUs without VNNI (half the weight
+    #: range): on the first layer only (NNCF's default), every layer, or none
+    overflow_fix: Literal["first_layer_only", "enable", "disable"] = "first_layer_only"
 
 
 def save_packed(model: object, out: Path) -> int:
@@ -93,6 +96,8 @@ class QuantizeOpenVino(Pass):
                     model_type=(nncf.ModelType.TRANSFORMER if cfg.model_type == "transformer"
                                 else None),
                     ignored_scope=ignored,
+                    advanced_parameters=nncf.AdvancedQuantizationParameters(
+                        overflow_fix=nncf.OverflowFix(cfg.overflow_fix)),
                 )
                 size = save_packed(q, out)
         except Exception as exc:
