@@ -77,7 +77,7 @@ def open(  # noqa: A001 - mirrors builtins.open on purpose: edgemed.runtime.open
 
     # a bundle is recognised by its content (as open_bundle reads it), not by its suffix
     if (p.is_dir() and ((p / "bundle.json").is_file() or (p / "model.sig").is_file())) \
-            or (p.is_file() and (p.suffix == ".edgemed" or is_archive(p))):
+            or p.suffix == ".edgemed" or (p.is_file() and is_archive(p)):
         from .bundle import open_bundle
 
         return open_bundle(p, backend=backend, options=options, **bundle_args)

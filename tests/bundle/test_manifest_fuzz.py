@@ -30,8 +30,8 @@ from edgemed_runtime.errors import EdgemedError
 from .conftest import NOW, Keys
 from .test_hash_before_parse import data_key
 
-N_MANIFEST = 1500  # mutations of bundle.json
-N_WEIGHTS = 600  # mutations of the weights payload (index and header)
+N_MANIFEST = 2000  # mutations of bundle.json
+N_WEIGHTS = 1000  # mutations of the weights payload (index and header)
 SEED = 20260601
 
 # Sentinels replaced in the serialised text by what json.dumps cannot write.
@@ -129,17 +129,19 @@ class Fuzz:
     keys: dict[str, bytes]
     manifest: dict[str, Any]
     data_key: bytes
-    keys_: Keys
+    publisher: Any  # private key: signs every mutation
+    trust: Any  # its public key, pinned
+    device_key: Any
     state: RollbackState
 
     def attempt(self, files: dict[str, bytes]) -> str:
         """Sign ``files``, verify and open them; return the error code ('opened' on success),
         or ``RAW <type>: <text>`` for an exception outside the EdgemedError tree."""
-        priv = load_private_key(self.keys_.publisher.private_path)
-        bf = BundleFiles(Path("fuzz"), False, sign_files(files, priv, "fuzz"), files, self.keys)
+        bf = BundleFiles(Path("fuzz"), False, sign_files(files, self.publisher, "fuzz"), files,
+                         self.keys)
         try:
-            vb = verify_bundle(bf, trust=load_public_key(self.keys_.publisher.public_path), now=NOW)
-            open_verified(vb, device_key=self.keys_.device.private_path, state=self.state,
+            vb = verify_bundle(bf, trust=self.trust, now=NOW)
+            open_verified(vb, device_key=self.device_key, state=self.state,
                           persist=False).close()
             return "opened"
         except EdgemedError as exc:
@@ -153,7 +155,10 @@ def fuzz(keys: Keys, make_bundle: Callable[..., Path], tmp_path_factory: pytest.
     b = make_bundle(tmp_path_factory.mktemp("fuzz") / "b", 2, split_weights=True, compression="none")
     bf = read_bundle(b)
     dk, _ = data_key(b, keys)
-    return Fuzz(dict(bf.files), dict(bf.keys), json.loads(bf.files["bundle.json"]), dk, keys,
+    return Fuzz(dict(bf.files), dict(bf.keys), json.loads(bf.files["bundle.json"]), dk,
+                load_private_key(keys.publisher.private_path),
+                load_public_key(keys.publisher.public_path),
+                load_private_key(keys.device.private_path),
                 RollbackState(tmp_path_factory.mktemp("fuzz-state")))
 
 
@@ -181,7 +186,7 @@ def test_signed_manifest_mutations_raise_only_edgemed_errors(fuzz: Fuzz) -> None
     assert results["opened"] > 0 and len(results) >= 8, "the mutator must reach past the schema"
 
 
-def _weights_variant(rng: random.Random, fuzz: Fuzz, plain: bytes) -> bytes:
+def _weights_variant(rng: random.Random, plain: bytes) -> bytes:
     """A mutated weights payload: its JSON index (structure) or its binary header / data."""
     (n,) = struct.unpack(">I", plain[12:16])
     index = json.loads(plain[16:16 + n])
@@ -217,7 +222,7 @@ def test_signed_weights_index_mutations_raise_only_edgemed_errors(fuzz: Fuzz) ->
     rng = random.Random(SEED + 1)
     results: Counter[str] = Counter()
     for _ in range(N_WEIGHTS):
-        new = _weights_variant(rng, fuzz, plain)
+        new = _weights_variant(rng, plain)
         e = PayloadEntry(path=entry.path, name=entry.name, role="weights",
                          plaintext_length=len(new), chunk_size=entry.chunk_size)
         doc = copy.deepcopy(m)
@@ -273,3 +278,55 @@ def test_duplicate_keys_in_a_manifest_are_refused(fuzz: Fuzz) -> None:
     text = canonical_json(fuzz.manifest).replace(b'  "release": 2,', b'  "release": 2,\n  "release": 3,')
     assert text != canonical_json(fuzz.manifest)
     assert fuzz.attempt({**fuzz.files, "bundle.json": text}) == "manifest-invalid"
+
+
+def _weights_blob(index_text: bytes, data: bytes = b"\0" * 256) -> bytearray:
+    from edgemed_runtime.bundle.weights import MAGIC
+
+    header = MAGIC + struct.pack(">II", 1, len(index_text)) + index_text
+    return bytearray(header + b"\0" * (-len(header) % 64) + data)
+
+
+_GOOD = {"name": "w", "dtype": "float32", "shape": [4, 4], "offset": 0, "length": 64}
+WEIGHTS_DIRECTED = [
+    ("deep-index", b"[" * 20000 + b"]" * 20000),
+    ("nested-shape", json.dumps([{**_GOOD, "shape": [[[[4]]]]}]).encode()),
+    ("shape-infinity", json.dumps([_GOOD]).encode().replace(b"[4, 4]", b"[Infinity, 4]")),
+    ("shape-1e999", json.dumps([_GOOD]).encode().replace(b"[4, 4]", b"[1e999, 4]")),
+    ("shape-huge", json.dumps([{**_GOOD, "shape": [10 ** 30, 10 ** 30]}]).encode()),
+    ("shape-bigint", json.dumps([_GOOD]).encode().replace(b"[4, 4]", b"[" + b"9" * 5000 + b", 4]")),
+    ("shape-string", json.dumps([{**_GOOD, "shape": "44"}]).encode()),
+    ("shape-bool", json.dumps([{**_GOOD, "shape": [True, 64]}]).encode()),
+    ("shape-float", json.dumps([{**_GOOD, "shape": [4.0, 4]}]).encode()),
+    ("offset-bool", json.dumps([{**_GOOD, "offset": False}]).encode()),
+    ("dtype-object", json.dumps([{**_GOOD, "dtype": "object"}]).encode()),
+    ("extra-key", json.dumps([{**_GOOD, "zz": 1}]).encode()),
+    ("duplicate-name", json.dumps([_GOOD, {**_GOOD, "offset": 64}]).encode()),
+    ("duplicate-key", json.dumps([_GOOD]).encode().replace(b'"name": "w"', b'"name": "w", "name": "v"')),
+    ("length-past-data", json.dumps([{**_GOOD, "shape": [4, 400], "length": 6400}]).encode()),
+    ("not-a-list", json.dumps(_GOOD).encode()),
+    ("not-utf8", b"\xff\xfe[]"),
+]
+
+
+@pytest.mark.parametrize("text", [t for _, t in WEIGHTS_DIRECTED], ids=[n for n, _ in WEIGHTS_DIRECTED])
+def test_reported_malformed_weights_indexes_are_weights_invalid(text: bytes) -> None:
+    from edgemed_runtime.bundle.weights import unpack_weights
+    from edgemed_runtime.errors import IntegrityError
+
+    (name, arr), = unpack_weights(_weights_blob(json.dumps([_GOOD]).encode()))
+    assert name == "w" and arr.shape == (4, 4)
+    with pytest.raises(IntegrityError) as ei:
+        unpack_weights(_weights_blob(text))
+    assert ei.value.code == "weights-invalid" and ei.value.fix
+
+
+def test_weights_index_length_beyond_the_payload_is_weights_invalid() -> None:
+    from edgemed_runtime.bundle.weights import unpack_weights
+    from edgemed_runtime.errors import IntegrityError
+
+    blob = _weights_blob(json.dumps([_GOOD]).encode())
+    blob[12:16] = struct.pack(">I", 2 ** 32 - 1)
+    with pytest.raises(IntegrityError) as ei:
+        unpack_weights(blob)
+    assert ei.value.code == "weights-invalid"

@@ -43,15 +43,16 @@ _OPEN_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(o
     | getattr(os, "O_BINARY", 0)
 
 
-def open_regular(path: str | os.PathLike[str], rel: str) -> BinaryIO:
-    """Open a bundle file for reading: never follows a symbolic link, never blocks (a FIFO or
-    device is refused, not waited on), regular files only. ``rel`` names it in errors.
+def open_regular(path: str | os.PathLike[str], rel: str, *, follow: bool = False) -> BinaryIO:
+    """Open a bundle file for reading: never follows a symbolic link (unless ``follow``), never
+    blocks (a FIFO or device is refused, not waited on), regular files only. ``rel`` names it
+    in errors.
 
     Raises:
         IntegrityError: ``symlink``, ``not-regular-file``, or ``bad-archive`` (cannot be read).
     """
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(path, _OPEN_FLAGS & ~_NOFOLLOW if follow else _OPEN_FLAGS)
     except OSError as exc:
         if _NOFOLLOW and exc.errno == errno.ELOOP:
             raise IntegrityError("bundle file became a symbolic link", found=rel,
@@ -299,10 +300,11 @@ def _read_archive(path: Path, lazy: bool) -> BundleFiles:
 
 
 def is_archive(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is a regular file holding a POSIX tar header (``ustar`` magic), i.e.
-    a bundle archive by its content, whatever its suffix (``read_bundle`` then checks it)."""
+    """True when ``path`` is (or links to) a regular file holding a POSIX tar header (``ustar``
+    magic), i.e. a bundle archive by its content, whatever its suffix (``read_bundle`` then
+    checks it, and refuses a link)."""
     try:
-        with open_regular(path, str(path)) as f:
+        with open_regular(path, str(path), follow=True) as f:
             head = f.read(tarfile.BLOCKSIZE)
     except IntegrityError:
         return False

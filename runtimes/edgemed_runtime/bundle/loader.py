@@ -51,6 +51,7 @@ from .format import (
     MANIFEST_FILE,
     WRAPPED_KEY_KIND,
     BundleManifest,
+    PayloadEntry,
     format_time,
     parse_manifest,
     parse_version,
@@ -236,16 +237,20 @@ def decrypt_payloads(vb: VerifiedBundle, device_key: Any, *,
     return out
 
 
-def _payload(vb: VerifiedBundle, p: Any, dk: bytes, pool: ThreadPoolExecutor | None) -> Any:
-    """One payload: read once, digest checked (if pending) before it is inflated."""
+def _payload(vb: VerifiedBundle, p: PayloadEntry, dk: bytes,
+             pool: ThreadPoolExecutor | None) -> Any:
+    """One payload's plaintext: read once, its digest checked (if pending: on ``pool`` while
+    it decrypts, or here first without one) before it is inflated or returned."""
     m = vb.manifest
     src = vb.files.files[p.path]
     digest: Future[None] | None = None
     if p.path in vb.pending:
         if isinstance(src, FileRef):
             src = src.load()
-        assert pool is not None
-        digest = pool.submit(check_digest, vb.statement, p.path, src)
+        if pool is None:
+            check_digest(vb.statement, p.path, src)
+        else:
+            digest = pool.submit(check_digest, vb.statement, p.path, src)
     elif isinstance(src, FileRef):
         raise IntegrityError("payload was not scheduled for verification", found=p.path,
                              code="hash-mismatch")
@@ -444,7 +449,7 @@ def inspect_bundle(path: str | os.PathLike[str], *, trust: Any = None) -> dict[s
             d = json.loads(data)
             devices.append({"recipient": d.get("recipient"), "device_id": d.get("device_id"),
                             "scheme": d.get("scheme"), "file": kp})
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             devices.append({"file": kp, "error": "unreadable"})
     raw = dict(m.raw)
     return {
