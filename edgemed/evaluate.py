@@ -162,19 +162,20 @@ def gate_summary(gate: Mapping[str, Any] | None) -> str:
     a = gate.get("agreement") or {}
     parts = [f"n={gate.get('n', '?')}"]
     if not gate.get("labelled"):
-        parts.append(f"agreement {a.get('top1_agreement', float('nan')):.3f}")
+        parts.append(f"agree {a.get('top1_agreement', float('nan')):.3f}")
         parts.append(f"cosine {a.get('logit_cosine', float('nan')):.4f}")
-        return ", ".join(parts)
+        return " ".join(parts)
+    short = {"accuracy": "acc", "sensitivity": "sens", "specificity": "spec", "auc": "auc"}
     for m, r in (gate.get("non_inferiority") or {}).items():
         lo, hi = r["ci"]
-        parts.append(f"{m} {r['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        parts.append(f"{short.get(m, m)} {r['difference']:+.3f} [{lo:+.3f},{hi:+.3f}]")
     if not gate.get("non_inferiority"):
         ref, cand = gate.get("reference") or {}, gate.get("candidate") or {}
         if "accuracy" in ref and "accuracy" in cand:
-            parts.append(f"accuracy {cand['accuracy'] - ref['accuracy']:+.3f}")
+            parts.append(f"acc {cand['accuracy'] - ref['accuracy']:+.3f}")
     if "top1_agreement" in a:
-        parts.append(f"agreement {a['top1_agreement']:.3f}")
-    return ", ".join(parts)
+        parts.append(f"agree {a['top1_agreement']:.3f}")
+    return " ".join(parts)
 
 
 def small_sample_warning(ref_probs: np.ndarray, y: np.ndarray, cfg: GateConfig) -> str:

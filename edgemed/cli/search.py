@@ -66,7 +66,9 @@ def register(app: typer.Typer) -> None:
         val: Optional[Path] = typer.Option(None, "--val", help="labelled DICOM folder for the gate"),
         input: Optional[str] = typer.Option(None, "--input", help="input shape NxCxHxW"),
         window: Optional[str] = typer.Option(None, "--window", help="VOI window CENTER,WIDTH"),
-        max_accuracy_drop: float = typer.Option(0.01, "--max-accuracy-drop"),
+        max_accuracy_drop: Optional[float] = typer.Option(
+            None, "--max-accuracy-drop", help="an absolute limit on top of non-inferiority"),
+        margin: float = typer.Option(0.05, "--margin", help="non-inferiority margin"),
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     ) -> None:
@@ -88,7 +90,8 @@ def register(app: typer.Typer) -> None:
                                         found=objective)
             cfg = SearchConfig(strategy=strategy, objective=objective, trials=trials,  # type: ignore[arg-type]
                                storage=storage, study_name=study_name, seed=seed,
-                               gate=GateConfig(max_accuracy_drop=max_accuracy_drop))
+                               gate=GateConfig(max_accuracy_drop=max_accuracy_drop,
+                                               non_inferiority_margin=margin))
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                           MofNCompleteColumn(), TimeElapsedColumn(), console=err_console,
                           disable=as_json) as prog:

@@ -36,9 +36,11 @@ class QATConfig(PassConfig):
     patience: int = Field(3, ge=1)
     opset: int = Field(17, ge=13, le=21)
     min_cosine: float = Field(0.99, gt=0, le=1)
+    #: 7-bit weights ([-64, 63]): no int16 saturation in x86 integer kernels without VNNI
+    reduce_range: bool = False
 
 
-def _qconfig(activation_type: str) -> Any:
+def _qconfig(activation_type: str, reduce_range: bool = False) -> Any:
     import torch
     from torch.ao.quantization import (FakeQuantize, MovingAverageMinMaxObserver,
                                        MovingAveragePerChannelMinMaxObserver, QConfig)
@@ -51,8 +53,9 @@ def _qconfig(activation_type: str) -> Any:
         act = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=-128,
                                      quant_max=127, dtype=torch.qint8,
                                      qscheme=torch.per_tensor_affine)
+    wmin, wmax = (-64, 63) if reduce_range else (-128, 127)
     weight = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver,
-                                    quant_min=-128, quant_max=127, dtype=torch.qint8,
+                                    quant_min=wmin, quant_max=wmax, dtype=torch.qint8,
                                     qscheme=torch.per_channel_symmetric, ch_axis=0)
     return QConfig(activation=act, weight=weight)
 
@@ -65,6 +68,10 @@ def _export_fake_quant(fq: Any) -> Any:
     zp = fq.zero_point.detach().clone().to(torch.int32)
     qmin, qmax, axis = int(fq.quant_min), int(fq.quant_max), int(getattr(fq, "ch_axis", 0))
     per_channel = fq.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine)
+    if (qmin, qmax) == (-64, 63):
+        # reduce_range: ONNX export takes only the full int8 range; with the 7-bit scale the
+        # weights still land in [-64, 64] (2 x 255 x 64 = 32640 fits int16: no saturation)
+        qmin, qmax = -128, 127
 
     class _FrozenFakeQuant(torch.nn.Module):
         def __init__(self) -> None:
@@ -145,7 +152,8 @@ def fold_weight_quantizers(data: bytes) -> tuple[bytes, int]:
     return model.SerializeToString(), folded
 
 
-def prepare_qat(model: Any, example: Any, activation_type: str = "uint8") -> Any:
+def prepare_qat(model: Any, example: Any, activation_type: str = "uint8",
+                reduce_range: bool = False) -> Any:
     """Fold BatchNorm, then insert fake-quantisers (torch.ao FX); returns a GraphModule."""
     from torch.ao.quantization import QConfigMapping
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
@@ -155,7 +163,8 @@ def prepare_qat(model: Any, example: Any, activation_type: str = "uint8") -> Any
     model.train()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return prepare_qat_fx(model, QConfigMapping().set_global(_qconfig(activation_type)),
+        return prepare_qat_fx(model, QConfigMapping().set_global(_qconfig(activation_type,
+                                                                           reduce_range)),
                               (example,))
 
 
@@ -191,7 +200,7 @@ class QuantizationAwareTraining(Pass):
         io_spec = artifact.io
         example = torch.zeros((1, *io_spec.sample_shape), dtype=torch.float32)
         try:
-            qat = prepare_qat(model, example, cfg.activation_type)
+            qat = prepare_qat(model, example, cfg.activation_type, cfg.reduce_range)
         except Exception as exc:
             raise ExportError("the model could not be prepared for QAT (torch.fx tracing)",
                               found=f"{type(exc).__name__}: {exc}"[:400],
@@ -237,6 +246,8 @@ class QuantizationAwareTraining(Pass):
         x = np.ascontiguousarray(ctx.calibration[:8].astype(np.float32))
         so = ort.SessionOptions()
         so.intra_op_num_threads = ctx.threads
+        # the export's numerics, not this host's integer kernels: Q/DQ simulated in float
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
         got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
         with torch.no_grad():

@@ -153,6 +153,20 @@ def open_study(cfg: SearchConfig, storage: str) -> Any:
     return study
 
 
+def gate_constraint(gate: Any, cfg: Any) -> float:
+    """Optuna's constraint (<= 0: feasible) from a gate verdict: how far the worst rule is from
+    its limit (non-inferiority: the CI's lower bound against -margin; absolute: drop - limit)."""
+    terms = [-(r["ci"][0] + r["margin"]) for r in (gate.non_inferiority or {}).values()]
+    max_acc, max_auc = cfg.absolute_limits()
+    ref_m, cand_m = gate.reference, gate.candidate
+    if max_acc is not None:
+        terms.append(ref_m["accuracy"] - cand_m["accuracy"] - max_acc)
+    if max_auc is not None:
+        terms.append(ref_m["auc"] - cand_m["auc"] - max_auc)
+    terms = [t for t in terms if t == t]  # NaN bounds (a class missing) do not decide
+    return float(max(terms)) if terms else 0.0 if gate.passed else 1.0
+
+
 def _logits(path: Path, x: np.ndarray, threads: int, batch: int = 32) -> np.ndarray:
     import onnxruntime as ort
 
@@ -247,8 +261,7 @@ class _Evaluator:
         data = art.model_path.read_bytes()
         size_z = compressed_size(data)
         ref_m, cand_m = gate.reference, gate.candidate
-        constraint = max(ref_m["accuracy"] - cand_m["accuracy"] - self.cfg.gate.max_accuracy_drop,
-                         ref_m["auc"] - cand_m["auc"] - self.cfg.gate.max_auc_drop)
+        constraint = gate_constraint(gate, self.cfg.gate)
         macs = next((r.get("macs_after") for r in art.provenance if "macs_after" in r), None)
         row = {"accuracy": cand_m["accuracy"], "auc": cand_m["auc"],
                "accuracy_drop": ref_m["accuracy"] - cand_m["accuracy"],
