@@ -24,10 +24,14 @@ def register(app: typer.Typer) -> None:
         labels: Optional[str] = typer.Option(None, "--labels", help="class names in output order, comma-separated"),
         window: Optional[str] = typer.Option(None, "--window", help="VOI window CENTER,WIDTH (overrides the file's)"),
         select: str = typer.Option("auto", "--select", help="auto | default | a variant name"),
+        require_compressed: bool = typer.Option(
+            False, "--require-compressed",
+            help="fail (exit 1) rather than ship the FP32 baseline when no compressed candidate can"),
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     ) -> None:
-        """Build the fastest INT8 artifact that passes the accuracy gate (exit 1 if none does)."""
+        """Build the fastest compressed artifact that passes the accuracy gate and is no slower
+        than FP32; else the FP32 baseline (status fallback-fp32), or exit 1 with --require-compressed."""
         from edgemed_runtime.iospec import parse_shape
         from edgemed_runtime.preprocess import PreprocessSpec
 
@@ -49,9 +53,14 @@ def register(app: typer.Typer) -> None:
                     win = (c, w)
                 spec = PreprocessSpec(window=win, size=(shape[-2], shape[-1]),
                                       channels=shape[1] if shape[1] in (1, 3) else 1)
+            from edgemed.targets import load_target
+
+            profile = load_target(target)
+            if require_compressed:
+                profile = profile.model_copy(update={"require_compressed": True})
             with progress_callback("building", quiet=as_json) as say:
                 art = run_build(
-                    model, calibration=calib, validation=val, target=target, out=out,
+                    model, calibration=calib, validation=val, target=profile, out=out,
                     input_shape=shape, weights=weights, preprocess=spec,
                     labels=tuple(labels.split(",")) if labels else None,
                     options=BuildOptions(seed=seed, select=select), progress=say,
@@ -70,6 +79,7 @@ def artifact_summary(art: object) -> dict:
     return {
         "artifact": str(art.path), "format": art.format, "backend": art.backend,  # type: ignore[attr-defined]
         "target": dict(art.target), "chosen": sel.get("chosen"), "why": sel.get("why"),  # type: ignore[attr-defined]
+        "status": sel.get("status"), "isa": sel.get("isa"),
         "timings_ms": sel.get("timings_ms", {}), "gate": gate,
         "warnings": sel.get("warnings", []), "class_order": sel.get("class_order"),
         "size_bytes": art.metrics.get("size_bytes"),  # type: ignore[attr-defined]
@@ -81,7 +91,7 @@ def render_summary(s: dict) -> None:
     """Print a build summary with rich tables."""
     console.print(f"[bold green]artifact[/] {s['artifact']}  ({s['format']}, {s['backend']}, "
                   f"target {s['target'].get('name')})")
-    console.print(f"chose [bold]{s['chosen']}[/]: {s['why']}")
+    console.print(f"chose [bold]{s['chosen']}[/] ({s.get('status')}): {s['why']}")
     for w in s.get("warnings") or []:
         console.print(f"[bold yellow]warning:[/] {w}")
     if s["timings_ms"]:

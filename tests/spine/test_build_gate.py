@@ -157,7 +157,8 @@ def test_labelled_gate_limits() -> None:
     cand = ref.copy()
     cand[0] = [0.0, 3.0]  # one of ten flips: accuracy -0.10
     assert not run_gate(ref, cand, y, GateConfig()).passed
-    assert run_gate(ref, cand, y, GateConfig(max_accuracy_drop=0.2, max_auc_drop=0.2)).passed
+    assert run_gate(ref, cand, y, GateConfig(decision="absolute", max_accuracy_drop=0.2,
+                                             max_auc_drop=0.2)).passed
 
 
 def test_one_class_validation_set(tmp_path: Path) -> None:

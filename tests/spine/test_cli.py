@@ -52,7 +52,8 @@ def test_build_predict_inspect(tmp_path: Path, weights: Path, synthetic_dir: Pat
     r = runner.invoke(app, ["inspect", str(out), "--json"])
     assert r.exit_code == 0
     info = _json(r)
-    assert info["kind"] == "artifact" and info["format"] in ("onnx-qdq", "openvino-ir")
+    assert info["kind"] == "artifact" and info["format"] in (
+        ("onnx",) if d["status"] == "fallback-fp32" else ("onnx-qdq", "openvino-ir"))
     assert info["preprocess"]["window"] == [40.0, 400.0] and info["io"]["input_shape"] == [1, 1, 16, 16]
     r = runner.invoke(app, ["inspect", str(out)])
     assert r.exit_code == 0 and "provenance" in r.output
@@ -64,7 +65,12 @@ def test_gate_failure_exit_code_1(tmp_path: Path) -> None:
     torch.jit.trace(Fragile().eval(), torch.zeros(1, 1, 16, 16)).save(str(tmp_path / "fragile.pt"))
     # no --val: the CLI gates on agreement over the calibration inputs
     r = runner.invoke(app, ["build", "--model", str(tmp_path / "fragile.pt"), "--input", "1x1x16x16",
-                            "--calib", str(tmp_path / "calib.npy"), "-o", str(tmp_path / "o"), "--json"])
+                            "--calib", str(tmp_path / "calib.npy"), "-o", str(tmp_path / "f"), "--json"])
+    assert r.exit_code == 0, r.output  # without --require-compressed the FP32 baseline ships
+    assert _json(r)["status"] == "fallback-fp32" and _json(r)["chosen"] == "ort-fp32"
+    r = runner.invoke(app, ["build", "--model", str(tmp_path / "fragile.pt"), "--input", "1x1x16x16",
+                            "--calib", str(tmp_path / "calib.npy"), "-o", str(tmp_path / "o"),
+                            "--require-compressed", "--json"])
     assert r.exit_code == 1, r.output
     d = _json(r)
     assert d["error"]["type"] == "GateError" and "agreement" in d["error"]["found"]
