@@ -248,6 +248,23 @@ def test_deflate_bomb_is_refused_within_the_memory_bound(where, tmp_path):
         assert got[what] <= 32 * 32 * 2 + BOUND, f"{what}: {got[what] >> 20} MiB"
 
 
+def test_large_unused_element_costs_no_memory(tmp_path):
+    """An uncompressed 32 x 32 image carrying a 256 MiB private blob: read, and the blob (never
+    used) is not loaded (pydicom alone reads it whole)."""
+    import pydicom
+
+    path = hostile.valid_file(tmp_path / "blob.dcm")
+    ds = pydicom.dcmread(path)
+    ds.add_new((0x0009, 0x0010), "LO", "HOSTILE")
+    ds.add_new((0x0009, 0x1000), "OB", bytes(256 << 20))
+    ds.save_as(path)
+    del ds
+    got = _read_in_child(path, tmp_path)
+    assert got["result"] == "ok", got
+    for what in ("grew", "traced"):
+        assert got[what] <= 32 * 32 * 2 + BOUND, f"{what}: {got[what] >> 20} MiB"
+
+
 def test_large_deflated_image_reads_within_the_memory_bound(tmp_path):
     """A consistent deflated 8192 x 8192 16-bit image (128 MiB of pixels): read, and the pixels
     are inflated once (pydicom alone holds them twice)."""

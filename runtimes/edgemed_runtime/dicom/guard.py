@@ -200,10 +200,15 @@ def _read_deflated(f: BinaryIO, name: str, preamble: bytes, meta: "FileMetaDatas
     return ds, inflated
 
 
+DEFER_BYTES = 1 << 20
+"""Elements larger than this are not read at parse time but when first used (pydicom's
+``defer_size``), so a hostile private blob that is never used costs no memory."""
+
+
 def _dcmread(p: Path, stop_before_pixels: bool) -> "Dataset":
     import pydicom
 
-    ds = pydicom.dcmread(p, stop_before_pixels=stop_before_pixels)
+    ds = pydicom.dcmread(p, stop_before_pixels=stop_before_pixels, defer_size=DEFER_BYTES)
     ds.file_meta.get("TransferSyntaxUID")  # force the meta to be parsed
     return ds
 
