@@ -61,7 +61,7 @@ def setup(tmp_path_factory):
     from edgemed.passes.base import BuildContext
     from edgemed.passes.prune_structured import StructuredConfig, prune_channels
     from edgemed.search.demo import demo_arrays
-    from edgemed.train import predict_logits
+    from edgemed._torch import predict_logits
 
     torch.set_num_threads(2)
     work = tmp_path_factory.mktemp("bench")
@@ -89,7 +89,7 @@ def setup(tmp_path_factory):
     from edgemed.passes.cluster import ClusterConfig, cluster_model
     from edgemed.passes.prune_unstructured import magnitude_prune
 
-    from edgemed.finetune import recalibrate_bn
+    from edgemed._torch import recalibrate_bn
 
     magnitude_prune(sparse, 0.5, scope="global")
     ft_sparse = finetune(sparse, train, val, FinetuneConfig(epochs=2, full_lr=3e-4, patience=2,

@@ -114,7 +114,7 @@ def compare_gradcam(reference: Any, candidate: Any, x: np.ndarray, *,
     Raises:
         InvalidInputError: malformed input or unknown layers.
     """
-    from .train import predict_logits
+    from ._torch import predict_logits
 
     x = np.asarray(x, dtype=np.float32)
     if class_idx is None:

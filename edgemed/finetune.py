@@ -33,9 +33,10 @@ from pydantic import Field
 
 from edgemed_runtime.util import atomic_write_bytes
 
+from ._torch import (as_xy, match_modules, minibatches, predict_logits, prunable_layers,
+                     recalibrate_bn)
 from .errors import InvalidInputError
 from .passes.base import PassConfig
-from .train import minibatches
 
 CHECKPOINT_FILE = "checkpoint.pt"
 HPARAMS_FILE = "hparams.json"
@@ -83,8 +84,6 @@ def head_modules(model: Any, patterns: tuple[str, ...] = ()) -> list[tuple[str, 
     """The head: modules matching ``patterns``, or the last nn.Linear. Raises if none found."""
     import torch
 
-    from .passes.torch_common import match_modules
-
     found = match_modules(model, patterns) if patterns else [
         [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1:]][0]
     if not found:
@@ -99,8 +98,6 @@ def evaluate(model: Any, x: np.ndarray, y: np.ndarray, metric: str) -> float:
     """The validation metric (higher is better; ``loss`` is returned negated)."""
     import torch
 
-    from .train import predict_logits
-
     logits = predict_logits(model, x)
     if metric == "accuracy":
         return float((logits.argmax(1) == y).mean())
@@ -114,25 +111,6 @@ def evaluate(model: Any, x: np.ndarray, y: np.ndarray, metric: str) -> float:
         return float("nan")
     return float(roc_auc_score(y, p[:, 1]) if p.shape[1] == 2 else
                  roc_auc_score(y, p, multi_class="ovr", labels=list(range(p.shape[1]))))
-
-
-def recalibrate_bn(model: Any, x: np.ndarray, batch_size: int = 32) -> bool:
-    """Recompute BatchNorm running statistics on ``x`` (torch.optim.swa_utils.update_bn).
-
-    Running averages lag behind weights that change fast (high learning rate, few epochs, or
-    right after pruning), and eval-mode outputs can collapse to one class; a pass over the
-    training inputs with cumulative averaging fixes that. Returns False if there is no BN.
-    """
-    import torch
-    from torch.optim.swa_utils import update_bn
-
-    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        return False
-    xt = torch.from_numpy(np.ascontiguousarray(x))
-    with torch.no_grad():
-        update_bn([xt[i:i + batch_size] for i in range(0, len(xt), batch_size)], model)
-    model.eval()
-    return True
 
 
 def _signature(model: Any) -> str:
@@ -197,8 +175,6 @@ def finetune(
     """
     import torch
     import torch.nn.functional as F
-
-    from .passes.torch_common import as_xy, prunable_layers
 
     x, y = as_xy(train, "train")
     vx, vy = as_xy(val, "val")

@@ -7,9 +7,11 @@ seeded generator. Returns the per-epoch history; the model is trained in place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
+
+from ._torch import minibatches, predict_logits, recalibrate_bn
 
 
 @dataclass(frozen=True)
@@ -32,36 +34,6 @@ class TrainHistory:
     loss: list[float] = field(default_factory=list)
     train_accuracy: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
-
-
-def minibatches(xt: Any, yt: Any, batch_size: int, rng: np.random.Generator,
-                augment: bool) -> Iterator[tuple[Any, Any]]:
-    """Shuffled (x, y) tensor batches of one epoch, each flipped left-right / up-down with
-    probability 1/2 when ``augment``."""
-    import torch
-
-    order = rng.permutation(len(xt))
-    for i in range(0, len(xt), batch_size):
-        idx = torch.from_numpy(order[i:i + batch_size])
-        xb, yb = xt[idx], yt[idx]
-        if augment:
-            if rng.random() < 0.5:
-                xb = torch.flip(xb, dims=[-1])
-            if rng.random() < 0.5:
-                xb = torch.flip(xb, dims=[-2])
-        yield xb, yb
-
-
-def predict_logits(model: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Evaluate ``model`` on ``x`` (N, C, H, W) in eval mode; return logits (N, K)."""
-    import torch
-
-    model.eval()
-    outs = []
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            outs.append(model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size]))).numpy())
-    return np.concatenate(outs)
 
 
 def train_classifier(
@@ -115,8 +87,6 @@ def train_classifier(
         if on_epoch is not None:
             on_epoch(epoch, row)
     if config.recalibrate_bn:
-        from .finetune import recalibrate_bn
-
         recalibrate_bn(model, x, config.batch_size)
     model.eval()
     return hist

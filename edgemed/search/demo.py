@@ -62,7 +62,8 @@ def demo_task(root: str | Path, *, seed: int = 0, epochs: int = 12, size: int = 
     """The synthetic task with a trained FP32 ``small_cnn`` (trained once, then cached)."""
     import torch
 
-    from ..train import TrainConfig, predict_logits, train_classifier
+    from .._torch import predict_logits
+    from ..train import TrainConfig, train_classifier
 
     root = Path(root)
     train, val, names = demo_arrays(root / "dicom", size=size, seed=seed, n_patients=n_patients)

@@ -18,6 +18,6 @@ def synthetic_arrays(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.
 
 
 def accuracy(model, xy) -> float:
-    from edgemed.train import predict_logits
+    from edgemed._torch import predict_logits
 
     return float((predict_logits(model, xy[0]).argmax(1) == xy[1]).mean())

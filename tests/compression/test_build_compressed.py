@@ -64,7 +64,7 @@ def test_build_with_pruning_variant_gates_against_original(task32, tmp_path):
 
 
 def _ref_pred(model, x):
-    from edgemed.train import predict_logits
+    from edgemed._torch import predict_logits
 
     return predict_logits(model, x).argmax(1)
 
