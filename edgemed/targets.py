@@ -17,10 +17,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from edgemed_runtime.backends import backend_class
 
+from ._config import Strict, validation_problems
 from .errors import InvalidInputError, ProfileError
 from .evaluate import GateConfig
 from .passes.base import get_pass_class, make_config
@@ -30,11 +31,7 @@ SOURCE_FORMATS = ("torch", "onnx")
 IMPLICIT_BASELINE = "fp32-baseline"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class HostMatch(_Strict):
+class HostMatch(Strict):
     """When the build host can stand in for the target (for timing variants)."""
 
     arch: tuple[str, ...] = ()
@@ -43,7 +40,7 @@ class HostMatch(_Strict):
     needs_gpu: bool = False
 
 
-class CpuCondition(_Strict):
+class CpuCondition(Strict):
     """A rule on the device CPU's feature flags (``/proc/cpuinfo`` names, e.g. ``avx512_vnni``)."""
 
     cpu_flags_any: tuple[str, ...] = ()
@@ -64,17 +61,17 @@ class CpuCondition(_Strict):
         return " and ".join(parts) or "always"
 
 
-class Budget(_Strict):
+class Budget(Strict):
     latency_ms: float | None = Field(None, gt=0)
     memory_mb: float | None = Field(None, gt=0)
 
 
-class CalibrationSettings(_Strict):
+class CalibrationSettings(Strict):
     count: int = Field(64, ge=1)
     seed: int = 0
 
 
-class Variant(_Strict):
+class Variant(Strict):
     """One candidate: a pass chain and the backend that runs its output."""
 
     name: str
@@ -110,7 +107,7 @@ class Variant(_Strict):
         return [(str(p["pass"]), {k: v for k, v in p.items() if k != "pass"}) for p in self.passes]
 
 
-class TargetProfile(_Strict):
+class TargetProfile(Strict):
     """A hardware target as data."""
 
     name: str
@@ -226,9 +223,8 @@ def parse_profile(text: str, origin: str) -> TargetProfile:
     try:
         profile = TargetProfile(**data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(profile)'}: {e['msg']}"
-                             for e in exc.errors())
-        raise ProfileError(f"invalid target profile {origin}", found=problems,
+        raise ProfileError(f"invalid target profile {origin}",
+                           found=validation_problems(exc, "(profile)"),
                            fix="see targets/cpu-x86.toml for a complete example") from None
     check_chain(profile)
     return profile

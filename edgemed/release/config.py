@@ -9,16 +9,13 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from .._config import Strict, validation_problems
 from ..errors import InvalidInputError
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelSection(_Strict):
+class ModelSection(Strict):
     """Any intake form ``load_model`` takes, its weights, input shape and class names."""
 
     source: str
@@ -27,7 +24,7 @@ class ModelSection(_Strict):
     labels: tuple[str, ...] = ()
 
 
-class DataSection(_Strict):
+class DataSection(Strict):
     """A DICOM folder with labels (labels.csv or one folder per class)."""
 
     dicom: str
@@ -37,7 +34,7 @@ class DataSection(_Strict):
     calibration_count: int = Field(64, ge=1)
 
 
-class PreprocessSection(_Strict):
+class PreprocessSection(Strict):
     """The PreprocessSpec, or ``model_card`` (a JSON file with a "preprocess" object)."""
 
     window: tuple[float, float] | None = None
@@ -48,7 +45,7 @@ class PreprocessSection(_Strict):
     model_card: str | None = None
 
 
-class GateSection(_Strict):
+class GateSection(Strict):
     """Overrides of the profiles' gates (see ``edgemed.evaluate.GateConfig``)."""
 
     decision: Literal["non-inferiority", "absolute"] | None = None
@@ -58,7 +55,7 @@ class GateSection(_Strict):
     max_auc_drop: float | None = Field(None, ge=0)
 
 
-class SigningSection(_Strict):
+class SigningSection(Strict):
     """Publisher key (ECDSA P-256), device public keys, and an optional device private key the
     release uses to open each bundle exactly as a device would."""
 
@@ -69,7 +66,7 @@ class SigningSection(_Strict):
     verify_device_key: str | None = None
 
 
-class ReleaseSection(_Strict):
+class ReleaseSection(Strict):
     family: str
     version: str
     counter: int = Field(ge=1)
@@ -81,13 +78,13 @@ class ReleaseSection(_Strict):
     """True: a target whose only shippable candidate is the FP32 baseline fails instead."""
 
 
-class BenchSection(_Strict):
+class BenchSection(Strict):
     enabled: bool = True
     runs: int = Field(50, ge=5)
     processes: int = Field(2, ge=1)
 
 
-class ReleaseConfig(_Strict):
+class ReleaseConfig(Strict):
     """The whole project file; relative paths are relative to the file's folder."""
 
     model: ModelSection
@@ -155,11 +152,11 @@ def load_release_config(path: str | os.PathLike[str]) -> ReleaseConfig:
     try:
         return ReleaseConfig(**data)
     except ValidationError as exc:
-        problems = []
-        for e in exc.errors():
-            line = _line_of(text, tuple(e["loc"]))
-            where = f"{p.name}:{line}" if line else p.name
-            problems.append(f"{where}: {'.'.join(map(str, e['loc'])) or '(file)'}: {e['msg']}")
-        raise InvalidInputError("invalid release project file", found="; ".join(problems),
+        def where(loc: tuple[Any, ...]) -> str:
+            line = _line_of(text, loc)
+            return f"{p.name}:{line}: " if line else f"{p.name}: "
+
+        raise InvalidInputError("invalid release project file",
+                                found=validation_problems(exc, "(file)", where),
                                 fix="fix the keys named (unknown keys are rejected)",
                                 code="bad-config") from None

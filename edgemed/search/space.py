@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from .._config import Strict
 
 PRECISIONS = ("fp32", "int8-u8s8", "int8-s8s8")
 
 
-class SearchSpace(BaseModel):
+class SearchSpace(Strict):
     """Choices per knob (a single choice fixes the knob)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     structured_ratio: tuple[float, ...] = (0.0, 0.3, 0.5)
     importance: tuple[str, ...] = ("l1", "bn_scale")

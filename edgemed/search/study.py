@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from edgemed_runtime.util import atomic_write_bytes
 
+from .._config import Strict
 from ..errors import EdgemedError, InvalidInputError
 from ..evaluate import GateConfig, run_gate
 from .space import SearchSpace, chain, suggest
@@ -33,10 +34,8 @@ from .space import SearchSpace, chain, suggest
 STRATEGIES = ("grid", "tpe", "anneal")
 
 
-class SearchConfig(BaseModel):
+class SearchConfig(Strict):
     """Settings of a search."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     strategy: Literal["grid", "tpe", "anneal"] = "tpe"
     objective: Literal["latency", "size"] = "latency"
