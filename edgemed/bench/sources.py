@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from edgemed_runtime.api import is_bundle
 from edgemed_runtime.artifact import ARTIFACT_FILE, Artifact
 from edgemed_runtime.preprocess import PreprocessSpec
 
@@ -38,10 +39,6 @@ class Source:
     target: str | None = None
     dynamic_batch: bool = True
     notes: tuple[str, ...] = field(default_factory=tuple)
-
-
-def is_bundle(p: Path) -> bool:
-    return (p.is_dir() and (p / "bundle.json").is_file()) or p.suffix == ".edgemed"
 
 
 def _size(p: Path) -> int:

@@ -12,13 +12,14 @@ from .common import console, handle_errors, print_json
 
 def inspect_path(path: Path) -> dict:
     """Describe an artifact directory (or its model file) or a bundle, as a dict."""
+    from edgemed_runtime.api import is_bundle
     from edgemed_runtime.artifact import Artifact
 
     from edgemed.errors import InvalidInputError
     from edgemed.predict import resolve_model_path
 
     p = resolve_model_path(path)
-    if (p.is_dir() and (p / "bundle.json").is_file()) or p.suffix == ".edgemed":
+    if is_bundle(p):
         from edgemed.bundle import inspect_bundle
 
         return {"kind": "bundle", **inspect_bundle(p)}

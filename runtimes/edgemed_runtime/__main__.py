@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .api import is_bundle
 from .errors import EdgemedError, InvalidInputError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -30,10 +31,6 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 
 def _print(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def _is_bundle(p: Path) -> bool:
-    return p.suffix == ".edgemed" or (p.is_dir() and (p / "bundle.json").is_file())
 
 
 def passphrase_from_env(var: str | None) -> str | None:
@@ -122,7 +119,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     p = Path(args.model)
     report: dict[str, Any] = {"ok": True, "model": str(p)}
-    if _is_bundle(p):
+    if is_bundle(p):
         from .bundle import verify_bundle
 
         vb = verify_bundle(p, trust=args.trust, hardware_id=args.hardware_id, target=args.target,
@@ -137,7 +134,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             return 0
     else:
         report["kind"] = "model"
-    kw = _bundle_kwargs(args) if _is_bundle(p) else {}
+    kw = _bundle_kwargs(args) if is_bundle(p) else {}
     if kw:
         kw["persist"] = False  # verifying must not move the rollback counter
     with open_model(p, backend=args.backend, options=_options(args), **kw) as sess:
@@ -159,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     paths = expand_inputs(args.inputs)
     p = Path(args.model)
-    kw = _bundle_kwargs(args) if _is_bundle(p) else {}
+    kw = _bundle_kwargs(args) if is_bundle(p) else {}
     rows: list[dict[str, Any]] = []
     failed = 0
     with open_model(p, backend=args.backend, options=_options(args), **kw) as sess:

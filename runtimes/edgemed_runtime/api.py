@@ -14,6 +14,18 @@ from .preprocess import PreprocessSpec
 from .session import Session
 
 
+def is_bundle(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a bundle, recognised as ``open_bundle`` reads it: a folder holding
+    bundle.json or model.sig, a ``.edgemed`` path, or a file holding a tar archive (whatever its
+    suffix). The one such check: the CLIs and the benchmark sources ask this too."""
+    from .bundle.container import is_archive
+    from .bundle.format import ARCHIVE_SUFFIX, MANIFEST_FILE, SIGNATURE_FILE
+
+    p = Path(path)
+    return ((p.is_dir() and ((p / MANIFEST_FILE).is_file() or (p / SIGNATURE_FILE).is_file()))
+            or p.suffix == ARCHIVE_SUFFIX or (p.is_file() and is_archive(p)))
+
+
 def open_artifact(
     artifact: Artifact, *, backend: str | None = None, options: Mapping[str, Any] | None = None
 ) -> Session:
@@ -73,11 +85,7 @@ def open(  # noqa: A001 - mirrors builtins.open on purpose: edgemed.runtime.open
         )
     if p.is_dir() and (p / ARTIFACT_FILE).is_file():
         return open_artifact(Artifact.load(p), backend=backend, options=options)
-    from .bundle.container import is_archive
-
-    # a bundle is recognised by its content (as open_bundle reads it), not by its suffix
-    if (p.is_dir() and ((p / "bundle.json").is_file() or (p / "model.sig").is_file())) \
-            or p.suffix == ".edgemed" or (p.is_file() and is_archive(p)):
+    if is_bundle(p):
         from .bundle import open_bundle
 
         return open_bundle(p, backend=backend, options=options, **bundle_args)
