@@ -14,19 +14,32 @@ from typing import Any
 from ..errors import BundleError
 
 BLOCKED = ("torch", "onnx", "nncf", "onnxscript", "monai", "torch_pruning", "edgemed")
+"""What a device does not have: the build side's heavy libraries and the SDK itself."""
 
-_SCRIPT = textwrap.dedent(
+
+def import_blocker(blocked: tuple[str, ...] = BLOCKED) -> str:
+    """Python source that, run first in a fresh interpreter, makes the top-level packages
+    ``blocked`` unimportable (ImportError) and binds ``BLOCKED`` to them: the one import blocker,
+    shared by the device check and the tests' torch-free (or decoder-free) proofs."""
+    return textwrap.dedent(
+        f"""
+        import importlib.abc, sys
+        BLOCKED = {tuple(blocked)!r}
+
+        class _Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ImportError(name + " is not available on the device")
+                return None
+
+        sys.meta_path.insert(0, _Block())
+        """
+    )
+
+
+_SCRIPT = import_blocker() + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-    BLOCKED = {blocked!r}
-
-    class _Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(name + " is not available on the device")
-            return None
-
-    sys.meta_path.insert(0, _Block())
+    import json
     import edgemed_runtime as rt
     try:
         with rt.open({bundle!r}, trust={trust!r}, device_key={key!r}, state_dir={state!r}) as s:
@@ -45,7 +58,7 @@ def verify_as_device(bundle: Path, trust: Path, device_key: Path, dicom: Path,
                      timeout: float = 300.0) -> dict[str, Any]:
     """Run the check; return ``{"ok", "backend", "probabilities", ...}`` or raise BundleError."""
     with tempfile.TemporaryDirectory(prefix="edgemed-device-state-") as state:
-        code = _SCRIPT.format(blocked=BLOCKED, bundle=str(bundle), trust=str(trust),
+        code = _SCRIPT.format(bundle=str(bundle), trust=str(trust),
                               key=str(device_key), state=state, dicom=str(dicom))
         try:
             r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

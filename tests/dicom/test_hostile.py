@@ -99,14 +99,10 @@ def test_missing_decoder_names_the_package(tmp_path):
 
     from pydicom.data import get_testdata_file
 
+    from edgemed.release.device_check import import_blocker
+
     path = get_testdata_file("MR_small_jp2klossless.dcm")
-    code = textwrap.dedent(f"""
-        import sys, importlib.abc
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in ('openjpeg', 'PIL', 'gdcm', 'pylibjpeg'):
-                    raise ImportError('blocked: ' + name)
-        sys.meta_path.insert(0, Block())
+    code = import_blocker(("openjpeg", "PIL", "gdcm", "pylibjpeg")) + textwrap.dedent(f"""
         from edgemed_runtime.dicom import read_image
         from edgemed_runtime.errors import MissingDependencyError
         try:

@@ -139,14 +139,11 @@ def test_build_time_and_device_side_identical(tmp_path):
 
     (tmp_path / "job.json").write_text(json.dumps({"spec": spec.to_dict(), "paths": list(build),
                                                    "out": str(tmp_path / "device.npz")}))
-    code = textwrap.dedent("""
-        import sys, importlib.abc, json
+    from edgemed.release.device_check import import_blocker
+
+    code = import_blocker() + textwrap.dedent("""
+        import json
         import numpy as np
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in ('torch', 'onnx', 'nncf', 'edgemed'):
-                    raise ImportError('not on the device: ' + name)
-        sys.meta_path.insert(0, Block())
         from edgemed_runtime.dicom import load_input
         from edgemed_runtime.preprocess import PreprocessSpec
         job = json.load(open(sys.argv[1]))

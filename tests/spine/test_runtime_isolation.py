@@ -8,20 +8,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-BLOCKER = textwrap.dedent(
-    """
-    import importlib.abc, sys
-    BLOCKED = ("torch", "onnx", "nncf", "onnxscript", "monai", "torch_pruning")
+from edgemed.release.device_check import import_blocker
 
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Block())
-    """
-)
+BLOCKER = import_blocker()
 
 
 def test_runtime_runs_without_torch_onnx_nncf(tiny_artifact, synthetic_dir: Path) -> None:  # type: ignore[no-untyped-def]
