@@ -1,8 +1,9 @@
 """The Pass abstraction and its registry.
 
-A pass takes an Artifact and returns a new one in ``workdir``. It declares the formats it
-``accepts`` and the one it ``produces`` (checked when a target profile loads), and a pydantic
-``Config`` (unknown keys rejected). Passes know nothing about targets or the CLI; what they need
+A pass takes an Artifact and returns a new one in ``workdir`` with its own provenance fields.
+It declares the formats it ``accepts`` and the one it ``produces`` (checked when a target
+profile loads), and a pydantic ``Config`` (unknown keys rejected; ``Pass[ItsConfig]`` types
+``self.config``). Passes know nothing about targets or the CLI; what they need
 from the build (calibration data, the reference model, seeds) comes in a BuildContext.
 """
 
@@ -13,19 +14,25 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Generic, Mapping, TypeVar, cast
 
 import numpy as np
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgemed_runtime.artifact import Artifact
 
-from .._config import Strict, validation_problems
 from ..errors import ProfileError
 
 
-class PassConfig(Strict):
+class PassConfig(BaseModel):
     """Base of every pass config: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+C = TypeVar("C", bound=PassConfig)
+PassOutput = tuple[Artifact, dict[str, Any]]
+"""What ``Pass.run`` returns: the new artifact and the pass's own provenance fields."""
 
 
 @dataclass
@@ -63,8 +70,8 @@ def require_calibration(ctx: BuildContext, what: str = "INT8 quantization") -> n
     return ctx.calibration
 
 
-class Pass(ABC):
-    """One transformation of an artifact (export, quantize, prune...)."""
+class Pass(ABC, Generic[C]):
+    """One transformation of an artifact (export, quantize, prune...), configured by a ``C``."""
 
     name: ClassVar[str]
     Config: ClassVar[type[PassConfig]] = PassConfig
@@ -73,6 +80,7 @@ class Pass(ABC):
     #: pip packages the pass needs beyond edgemed's core, and their import names
     requires: ClassVar[tuple[str, ...]] = ()
     modules: ClassVar[tuple[str, ...]] = ()
+    config: C
 
     @classmethod
     def missing(cls) -> list[str]:
@@ -81,26 +89,27 @@ class Pass(ABC):
 
         return [p for p, m in zip(cls.requires, cls.modules) if importlib.util.find_spec(m) is None]
 
-    def __init__(self, config: PassConfig | Mapping[str, Any] | None = None) -> None:
+    def __init__(self, config: C | Mapping[str, Any] | None = None) -> None:
         if isinstance(config, PassConfig):
             self.config = config
         else:
-            self.config = make_config(self.name, type(self).Config, dict(config or {}))
+            self.config = cast(C, make_config(self.name, type(self).Config, dict(config or {})))
 
     @abstractmethod
-    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> Artifact:
-        """Transform ``artifact``; write new files under ``workdir``; return the new artifact."""
+    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> PassOutput:
+        """Transform ``artifact``; write new files under ``workdir``; return the new artifact
+        and this run's provenance fields (measurements, counts)."""
 
     def __call__(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> Artifact:
         """Run the pass and append its provenance record (name, config, seconds, tools)."""
         t0 = time.perf_counter()
-        out = self.run(artifact, workdir, ctx)
+        out, extra = self.run(artifact, workdir, ctx)
         record = {
             "pass": self.name,
             "config": self.config.model_dump(mode="json"),
             "seconds": round(time.perf_counter() - t0, 3),
             "tools": self.tool_versions(),
-            **self.record_extra(out),
+            **extra,
         }
         return out.with_record(record)
 
@@ -108,21 +117,19 @@ class Pass(ABC):
         """Versions of the libraries this pass used (for provenance)."""
         return {}
 
-    def record_extra(self, out: Artifact) -> dict[str, Any]:
-        """Extra provenance fields (measurements) for this run."""
-        return dict(getattr(self, "_record", {}))
-
 
 def make_config(name: str, cls: type[PassConfig], values: Mapping[str, Any]) -> PassConfig:
     """Validate ``values`` into ``cls``; raise ProfileError naming the pass and the bad keys."""
     try:
         return cls(**values)
     except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(config)'}: {e['msg']}" for e in exc.errors()
+        )
         raise ProfileError(
             f"invalid settings for pass {name!r}",
             expected=", ".join(cls.model_fields) or "no settings",
-            found=validation_problems(exc, "(config)"),
-            fix="fix the pass settings in the target profile",
+            found=problems, fix="fix the pass settings in the target profile",
         ) from None
 
 

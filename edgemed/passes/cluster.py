@@ -20,7 +20,7 @@ from pydantic import Field
 
 from edgemed_runtime.artifact import Artifact
 
-from .base import BuildContext, Pass, PassConfig
+from .base import BuildContext, Pass, PassConfig, PassOutput
 
 
 class ClusterConfig(PassConfig):
@@ -82,8 +82,7 @@ def cluster_model(model: Any, cfg: ClusterConfig, seed: int = 0) -> dict[str, An
 
     import torch
 
-    from .._torch import prunable_layers
-    from .torch_common import compressed_size, state_bytes
+    from .torch_common import compressed_size, prunable_layers, state_bytes
 
     before_z = compressed_size(state_bytes(model))
     layers: dict[str, Any] = {}
@@ -111,7 +110,7 @@ def cluster_model(model: Any, cfg: ClusterConfig, seed: int = 0) -> dict[str, An
             "zlib_ratio": round(after_z / max(before_z, 1), 4)}
 
 
-class ClusterWeights(Pass):
+class ClusterWeights(Pass[ClusterConfig]):
     """torch -> torch whose layers each hold at most ``k`` distinct weight values."""
 
     name = "cluster_weights"
@@ -124,14 +123,14 @@ class ClusterWeights(Pass):
 
         return {"scikit-learn": sklearn.__version__}
 
-    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> Artifact:
+    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> PassOutput:
         from .torch_common import copy_module, recalibrate_from_context, remember_teacher
 
-        cfg: ClusterConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         model = copy_module(artifact, self.name)
         remember_teacher(ctx, artifact.payload)
         ctx.progress(f"{self.name}: k-means per layer (k <= {cfg.clusters or cfg.max_clusters})")
-        self._record = cluster_model(model, cfg, ctx.seed)
+        record = cluster_model(model, cfg, ctx.seed)
         if cfg.recalibrate_bn:
-            self._record["bn_recalibrated"] = recalibrate_from_context(model, ctx)
-        return artifact.evolve(payload=model)
+            record["bn_recalibrated"] = recalibrate_from_context(model, ctx)
+        return artifact.evolve(payload=model), record

@@ -12,14 +12,14 @@ from pathlib import Path
 from edgemed_runtime.artifact import Artifact
 
 from ..errors import ExportError
-from .base import BuildContext, Pass, PassConfig
+from .base import BuildContext, Pass, PassConfig, PassOutput
 
 
 class ConvertOpenVinoConfig(PassConfig):
     pass
 
 
-class ConvertOpenVino(Pass):
+class ConvertOpenVino(Pass[ConvertOpenVinoConfig]):
     """ONNX -> OpenVINO IR (FP32)."""
 
     name = "convert_openvino"
@@ -34,7 +34,7 @@ class ConvertOpenVino(Pass):
 
         return {"openvino": ov.get_version()}
 
-    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> Artifact:
+    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> PassOutput:
         import openvino as ov
 
         from .quantize.openvino import save_packed
@@ -50,5 +50,5 @@ class ConvertOpenVino(Pass):
             raise ExportError("OpenVINO conversion failed",
                               found=f"{type(exc).__name__}: {exc}"[:500],
                               code="convert-failed") from None
-        self._record = {"bytes": size}
-        return artifact.evolve(path=workdir, model_file=out.name, format="openvino-ir")
+        return artifact.evolve(path=workdir, model_file=out.name,
+                               format="openvino-ir"), {"bytes": size}

@@ -21,7 +21,7 @@ from edgemed_runtime.artifact import Artifact
 from edgemed_runtime.util import atomic_write_bytes
 
 from ..errors import ExportError
-from .base import BuildContext, Pass, PassConfig
+from .base import BuildContext, Pass, PassConfig, PassOutput
 
 
 class ExportConfig(PassConfig):
@@ -87,7 +87,7 @@ def export_torch(module: Any, io_spec: Any, opset: int, code: str = "export-fail
     return buf.getvalue()
 
 
-class ExportOnnx(Pass):
+class ExportOnnx(Pass[ExportConfig]):
     """torch (or ONNX) -> checked single-file ONNX."""
 
     name = "export_onnx"
@@ -101,8 +101,8 @@ class ExportOnnx(Pass):
 
         return {"torch": torch.__version__, "onnx": onnx.__version__}
 
-    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> Artifact:
-        cfg: ExportConfig = self.config  # type: ignore[assignment]
+    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> PassOutput:
+        cfg = self.config
         out = Path(workdir) / "model.onnx"
         if artifact.format == "onnx":
             data = artifact.model_path.read_bytes()
@@ -110,8 +110,8 @@ class ExportOnnx(Pass):
             if artifact.model_path.resolve() != out.resolve():
                 out.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(artifact.model_path, out)
-            self._record = {"parity": "skipped: the source is already ONNX"}
-            return artifact.evolve(path=Path(workdir), model_file="model.onnx", format="onnx")
+            return (artifact.evolve(path=Path(workdir), model_file="model.onnx", format="onnx"),
+                    {"parity": "skipped: the source is already ONNX"})
         module = artifact.payload
         data = export_torch(module, artifact.io, cfg.opset)
         inferred = check_onnx(data)
@@ -127,9 +127,9 @@ class ExportOnnx(Pass):
         opset = max(o.version for o in inferred.opset_import if o.domain in ("", "ai.onnx"))
         parity = self._parity(module, data, artifact, ctx, cfg)
         atomic_write_bytes(out, data)
-        self._record = {"opset": opset, "parity": parity, "bytes": len(data)}
-        return artifact.evolve(path=Path(workdir), model_file="model.onnx", format="onnx",
-                               payload=None)
+        return (artifact.evolve(path=Path(workdir), model_file="model.onnx", format="onnx",
+                                payload=None),
+                {"opset": opset, "parity": parity, "bytes": len(data)})
 
     def _parity(self, module: Any, data: bytes, artifact: Artifact, ctx: BuildContext,
                 cfg: ExportConfig) -> dict[str, Any]:

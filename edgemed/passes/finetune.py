@@ -12,7 +12,7 @@ from pathlib import Path
 from edgemed_runtime.artifact import Artifact
 
 from ..finetune import FinetuneConfig
-from .base import BuildContext, Pass
+from .base import BuildContext, Pass, PassOutput
 
 
 class FinetuneStepConfig(FinetuneConfig):
@@ -20,7 +20,7 @@ class FinetuneStepConfig(FinetuneConfig):
     use_teacher: bool = True
 
 
-class Finetune(Pass):
+class Finetune(Pass[FinetuneStepConfig]):
     """torch -> torch, fine-tuned on the training data (best validation epoch kept)."""
 
     name = "finetune"
@@ -33,11 +33,11 @@ class Finetune(Pass):
 
         return {"torch": torch.__version__}
 
-    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> Artifact:
+    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> PassOutput:
         from ..finetune import finetune
         from .torch_common import copy_module, train_arrays, val_arrays
 
-        cfg: FinetuneStepConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         model = copy_module(artifact, self.name)
         train, val = val_arrays(ctx, train_arrays(ctx, self.name), seed=ctx.seed)
         teacher = ctx.extras.get("teacher") if cfg.use_teacher else None
@@ -47,5 +47,5 @@ class Finetune(Pass):
                        on_epoch=lambda e, row: ctx.progress(
                            f"{self.name}: epoch {e + 1} {row['phase']} loss {row['loss']:.4f} "
                            f"val {cfg.metric} {row[f'val_{cfg.metric}']:.4f}"))
-        self._record = {**res.to_dict(), "distilled": teacher is not None}
-        return artifact.evolve(payload=model)
+        record = {**res.to_dict(), "distilled": teacher is not None}
+        return artifact.evolve(payload=model), record

@@ -17,7 +17,7 @@ from edgemed_runtime.artifact import Artifact
 from edgemed_runtime.util import atomic_write_bytes
 
 from ..errors import ExportError
-from .base import BuildContext, Pass, PassConfig
+from .base import BuildContext, Pass, PassConfig, PassOutput
 
 
 class Fp16Config(PassConfig):
@@ -26,7 +26,7 @@ class Fp16Config(PassConfig):
     keep_fp32_nodes: tuple[str, ...] = ()
 
 
-class Fp16(Pass):
+class Fp16(Pass[Fp16Config]):
     """ONNX FP32 -> ONNX FP16."""
 
     name = "fp16"
@@ -41,11 +41,11 @@ class Fp16(Pass):
 
         return {"onnxruntime": onnxruntime.__version__}
 
-    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> Artifact:
+    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> PassOutput:
         import onnx
         from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-        cfg: Fp16Config = self.config  # type: ignore[assignment]
+        cfg = self.config
         workdir = Path(workdir)
         try:
             model = onnx.load(str(artifact.model_path))
@@ -66,9 +66,9 @@ class Fp16(Pass):
         out = workdir / "model.fp16.onnx"
         atomic_write_bytes(out, data)
         n16 = sum(1 for t in m16.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
-        self._record = {"fp16_initializers": n16, "initializers": len(m16.graph.initializer),
-                        "bytes": len(data)}
-        return artifact.evolve(path=workdir, model_file=out.name, format="onnx")
+        record = {"fp16_initializers": n16, "initializers": len(m16.graph.initializer),
+                  "bytes": len(data)}
+        return artifact.evolve(path=workdir, model_file=out.name, format="onnx"), record
 
 
 def _topological_sort(graph: Any) -> None:

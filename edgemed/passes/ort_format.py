@@ -32,7 +32,7 @@ from pydantic import Field
 from edgemed_runtime.artifact import Artifact
 
 from ..errors import ExportError
-from .base import BuildContext, Pass, PassConfig
+from .base import BuildContext, Pass, PassConfig, PassOutput
 
 _ENV = "ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"
 _ENV_LOCK = threading.Lock()
@@ -79,7 +79,7 @@ def mobile_coverage(model_path: Path) -> dict[str, Any]:
     return out
 
 
-class OrtFormat(Pass):
+class OrtFormat(Pass[OrtFormatConfig]):
     """ONNX (FP32 or QDQ) -> .ort file for ORT Mobile / onnxruntime."""
 
     name = "ort_format"
@@ -94,13 +94,13 @@ class OrtFormat(Pass):
 
         return {"onnxruntime": onnxruntime.__version__}
 
-    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> Artifact:
+    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> PassOutput:
         from onnxruntime.tools.convert_onnx_models_to_ort import (
             OptimizationStyle,
             convert_onnx_models_to_ort,
         )
 
-        cfg: OrtFormatConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         style = OptimizationStyle.Fixed if cfg.optimization_style == "fixed" else \
@@ -141,12 +141,11 @@ class OrtFormat(Pass):
                     record["mobile_coverage"] = mobile_coverage(src)
                 except Exception as exc:  # the checker is advisory: record why it failed
                     record["mobile_coverage"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-        self._record = record
         io_spec = artifact.io
         if cfg.fix_batch:
             io_spec = replace(io_spec, input_shape=(cfg.fix_batch, *io_spec.sample_shape),
                               dynamic_batch=False)
-        return artifact.evolve(path=workdir, model_file=out.name, format="ort", io=io_spec)
+        return artifact.evolve(path=workdir, model_file=out.name, format="ort", io=io_spec), record
 
 
 def fix_batch(src: Path, dst: Path, batch: int) -> None:

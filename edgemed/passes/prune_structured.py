@@ -20,7 +20,7 @@ from pydantic import Field
 from edgemed_runtime.artifact import Artifact
 
 from ..errors import ExportError, InvalidInputError
-from .base import BuildContext, Pass, PassConfig
+from .base import BuildContext, Pass, PassConfig, PassOutput
 
 
 class StructuredConfig(PassConfig):
@@ -78,7 +78,7 @@ def prune_channels(model: Any, example: Any, cfg: StructuredConfig, *,
     import torch_pruning as tp
 
     from .prune_unstructured import keep_patterns
-    from .._torch import match_modules
+    from .torch_common import match_modules
 
     keep = keep_patterns(model, cfg.keep, cfg.keep_first_conv, cfg.keep_classifier)
     ignored = [m for _, m in match_modules(model, keep)]
@@ -120,7 +120,7 @@ def prune_channels(model: Any, example: Any, cfg: StructuredConfig, *,
             "kept_layers": list(keep)}
 
 
-class PruneStructured(Pass):
+class PruneStructured(Pass[StructuredConfig]):
     """torch -> smaller torch model (channels removed)."""
 
     name = "prune_structured"
@@ -134,15 +134,15 @@ class PruneStructured(Pass):
 
         return {"torch": torch.__version__, "torch-pruning": tp.__version__}
 
-    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> Artifact:
+    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> PassOutput:
         import torch
 
-        from .._torch import predict_logits
         from ..finetune import FinetuneConfig, finetune
+        from ..train import predict_logits
         from .torch_common import (copy_module, recalibrate_from_context, remember_teacher,
                                    train_arrays, val_arrays)
 
-        cfg: StructuredConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         model = copy_module(artifact, self.name)
         remember_teacher(ctx, artifact.payload)
         example = torch.zeros((1, *artifact.io.sample_shape), dtype=torch.float32)
@@ -180,5 +180,4 @@ class PruneStructured(Pass):
         if got != want:
             raise ExportError("pruning changed the model's output shape", code="prune-failed",
                               expected=str(want), found=str(got))
-        self._record = report
-        return artifact.evolve(payload=model.eval())
+        return artifact.evolve(payload=model.eval()), report

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from edgemed_runtime.artifact import Artifact
 
-from .base import BuildContext, Pass, PassConfig
+from .base import BuildContext, Pass, PassConfig, PassOutput
 
 
 class UnstructuredConfig(PassConfig):
@@ -62,7 +62,7 @@ def magnitude_prune(model: Any, sparsity: float, *, scope: str = "global",
     """
     from torch.nn.utils import prune
 
-    from .._torch import prunable_layers
+    from .torch_common import prunable_layers
 
     layers = prunable_layers(model, keep)
     params = [(m, "weight") for _, m in layers]
@@ -77,7 +77,7 @@ def magnitude_prune(model: Any, sparsity: float, *, scope: str = "global",
         prune.remove(m, name)
 
 
-class PruneUnstructured(Pass):
+class PruneUnstructured(Pass[UnstructuredConfig]):
     """torch -> torch with a fraction of individual weights set to zero."""
 
     name = "prune_unstructured"
@@ -90,12 +90,12 @@ class PruneUnstructured(Pass):
 
         return {"torch": torch.__version__}
 
-    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> Artifact:
+    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> PassOutput:
         from ..finetune import FinetuneConfig, finetune
         from .torch_common import (copy_module, recalibrate_from_context, remember_teacher,
                                    train_arrays, val_arrays, weight_sparsity)
 
-        cfg: UnstructuredConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         model = copy_module(artifact, self.name)
         remember_teacher(ctx, artifact.payload)
         keep = keep_patterns(model, cfg.keep, cfg.keep_first_conv, cfg.keep_classifier)
@@ -115,8 +115,8 @@ class PruneUnstructured(Pass):
                     patience=max(1, cfg.finetune_epochs)), teacher=ctx.extras.get("teacher"))
                 recovery.append(round(res.best_metric, 4))
         sp = weight_sparsity(model)
-        self._record = {"schedule": [round(s, 4) for s in steps], "kept_layers": list(keep),
-                        "sparsity_total": round(sp.pop("total"), 4),
-                        "sparsity_per_layer": {k: round(v, 4) for k, v in sp.items()},
-                        **({"recovery_val_accuracy": recovery} if recovery else {})}
-        return artifact.evolve(payload=model)
+        record = {"schedule": [round(s, 4) for s in steps], "kept_layers": list(keep),
+                  "sparsity_total": round(sp.pop("total"), 4),
+                  "sparsity_per_layer": {k: round(v, 4) for k, v in sp.items()},
+                  **({"recovery_val_accuracy": recovery} if recovery else {})}
+        return artifact.evolve(payload=model), record

@@ -24,7 +24,7 @@ from edgemed_runtime.util import atomic_write_bytes
 from ..errors import CalibrationError, ExportError
 from ..finetune import FinetuneConfig
 from .export_onnx import export_torch
-from .base import BuildContext, Pass, PassConfig
+from .base import BuildContext, Pass, PassConfig, PassOutput
 
 
 class QATConfig(PassConfig):
@@ -168,7 +168,7 @@ def prepare_qat(model: Any, example: Any, activation_type: str = "uint8",
                               (example,))
 
 
-class QuantizationAwareTraining(Pass):
+class QuantizationAwareTraining(Pass[QATConfig]):
     """torch -> INT8 QDQ ONNX trained with fake quantisation."""
 
     name = "qat"
@@ -182,7 +182,7 @@ class QuantizationAwareTraining(Pass):
 
         return {"torch": torch.__version__, "onnx": onnx.__version__}
 
-    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> Artifact:
+    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> PassOutput:
         import torch
         from torch.ao.quantization import disable_observer
 
@@ -190,7 +190,7 @@ class QuantizationAwareTraining(Pass):
         from .export_onnx import check_onnx
         from .torch_common import copy_module, remember_teacher, train_arrays, val_arrays
 
-        cfg: QATConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if ctx.calibration is None or len(ctx.calibration) == 0:
             raise CalibrationError("QAT needs calibration data to initialise its ranges",
                                    expected="at least 1 sample", found="none",
@@ -232,10 +232,10 @@ class QuantizationAwareTraining(Pass):
                               found=f"cosine {parity['cosine']:.5f}", code="qat-failed")
         out = Path(workdir) / "model.qat.onnx"
         atomic_write_bytes(out, data)
-        self._record = {"parity": parity, "bytes": len(data), "int8_weights": folded,
-                        **({"finetune": history} if history else {})}
+        record = {"parity": parity, "bytes": len(data), "int8_weights": folded,
+                  **({"finetune": history} if history else {})}
         return artifact.evolve(path=Path(workdir), model_file=out.name, format="onnx-qdq",
-                               payload=None)
+                               payload=None), record
 
     def _parity(self, model: Any, data: bytes, ctx: BuildContext) -> dict[str, float]:
         import onnxruntime as ort

@@ -21,7 +21,7 @@ from edgemed_runtime.backends.tensorrt import TrtRecipe, pack_recipe
 from edgemed_runtime.util import atomic_write_bytes
 
 from ..errors import ExportError
-from .base import BuildContext, Pass, PassConfig
+from .base import BuildContext, Pass, PassConfig, PassOutput
 
 
 class TensorRtRecipeConfig(PassConfig):
@@ -112,7 +112,7 @@ def precision_of(model: Any, fmt: str) -> str:
     return "fp32"
 
 
-class TensorRtRecipePass(Pass):
+class TensorRtRecipePass(Pass[TensorRtRecipeConfig]):
     """ONNX / QDQ ONNX -> trt-plan-recipe (checked for TensorRT's quantization rules)."""
 
     name = "tensorrt_recipe"
@@ -127,10 +127,10 @@ class TensorRtRecipePass(Pass):
 
         return {"onnx": onnx.__version__}
 
-    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> Artifact:
+    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> PassOutput:
         import onnx
 
-        cfg: TensorRtRecipeConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         data = artifact.model_path.read_bytes()
         model = onnx.load_from_string(data)
         folded = fold_int32_bias(model)
@@ -151,8 +151,8 @@ class TensorRtRecipePass(Pass):
                                   "int32_bias_folded": folded}
         out = Path(workdir) / "model.trtr"
         atomic_write_bytes(out, pack_recipe(recipe, data))
-        self._record = record
-        return artifact.evolve(path=Path(workdir), model_file=out.name, format="trt-plan-recipe")
+        return artifact.evolve(path=Path(workdir), model_file=out.name,
+                               format="trt-plan-recipe"), record
 
 
 def _parse_check(data: bytes) -> str:

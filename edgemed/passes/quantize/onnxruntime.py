@@ -22,7 +22,7 @@ from pydantic import Field
 from edgemed_runtime.artifact import Artifact
 
 from ...errors import CalibrationError, ExportError
-from ..base import BuildContext, Pass, PassConfig, require_calibration
+from ..base import BuildContext, Pass, PassConfig, PassOutput, require_calibration
 
 
 class QuantizeConfig(PassConfig):
@@ -62,7 +62,7 @@ def _reader(name: str, data: np.ndarray, batch: int = 8) -> Any:
     return _Reader()
 
 
-class QuantizeOnnxRuntime(Pass):
+class QuantizeOnnxRuntime(Pass[QuantizeConfig]):
     """ONNX FP32 -> ONNX QDQ INT8 (static, calibrated)."""
 
     name = "quantize_onnxruntime"
@@ -75,7 +75,7 @@ class QuantizeOnnxRuntime(Pass):
 
         return {"onnxruntime": onnxruntime.__version__}
 
-    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> Artifact:
+    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> PassOutput:
         from onnxruntime.quantization import (
             CalibrationMethod,
             QuantFormat,
@@ -84,7 +84,7 @@ class QuantizeOnnxRuntime(Pass):
         )
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        cfg: QuantizeConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         require_calibration(ctx)
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -152,10 +152,9 @@ class QuantizeOnnxRuntime(Pass):
             model = compact_names(model)
         onnx.save(model, str(tmp_out))
         tmp_out.replace(out)
-        self._record = {"calibration_samples": int(len(calib)),
-                        "batchnorm_to_depthwise_conv": bn_converted,
-                        "zero_points_dropped": zero_points}
-        return artifact.evolve(path=workdir, model_file=out.name, format="onnx-qdq")
+        return artifact.evolve(path=workdir, model_file=out.name, format="onnx-qdq"), {
+            "calibration_samples": int(len(calib)), "batchnorm_to_depthwise_conv": bn_converted,
+            "zero_points_dropped": zero_points}
 
 
 def _histogram_ranges(model: Path, workdir: Path, input_name: str, calib: np.ndarray,

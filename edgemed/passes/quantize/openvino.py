@@ -23,7 +23,7 @@ from edgemed_runtime.backends.openvino import pack_ir
 from edgemed_runtime.util import atomic_write_bytes
 
 from ...errors import ExportError
-from ..base import BuildContext, Pass, PassConfig, require_calibration
+from ..base import BuildContext, Pass, PassConfig, PassOutput, require_calibration
 
 
 class OpenVinoQuantizeConfig(PassConfig):
@@ -51,7 +51,7 @@ def save_packed(model: object, out: Path) -> int:
     return len(blob)
 
 
-class QuantizeOpenVino(Pass):
+class QuantizeOpenVino(Pass[OpenVinoQuantizeConfig]):
     """ONNX FP32 -> OpenVINO IR INT8 (NNCF PTQ)."""
 
     name = "quantize_openvino"
@@ -67,11 +67,11 @@ class QuantizeOpenVino(Pass):
 
         return {"openvino": ov.get_version(), "nncf": nncf.__version__}
 
-    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> Artifact:
+    def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> PassOutput:
         import nncf
         import openvino as ov
 
-        cfg: OpenVinoQuantizeConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         require_calibration(ctx)
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -107,6 +107,6 @@ class QuantizeOpenVino(Pass):
                 code="quantize-failed",
             ) from None
         fq = sum(1 for op in q.get_ops() if op.get_type_name() == "FakeQuantize")
-        self._record = {"calibration_samples": min(cfg.subset_size, len(items)),
-                        "fake_quantize_nodes": fq, "bytes": size}
-        return artifact.evolve(path=workdir, model_file=out.name, format="openvino-ir")
+        record = {"calibration_samples": min(cfg.subset_size, len(items)),
+                  "fake_quantize_nodes": fq, "bytes": size}
+        return artifact.evolve(path=workdir, model_file=out.name, format="openvino-ir"), record
