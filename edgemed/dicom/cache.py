@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import io
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import numpy as np
 
 from edgemed_runtime.dicom import load_input
 from edgemed_runtime.preprocess import PreprocessSpec
+from edgemed_runtime.util import atomic_write_bytes
 
 
 @dataclass
@@ -65,13 +66,7 @@ class ArrayCache:
                 target.unlink(missing_ok=True)  # a damaged entry is recomputed
         arr = load_input(path, self.spec)
         self.stats.misses += 1
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, arr, allow_pickle=False)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        atomic_write_bytes(target, buf.getvalue())
         return arr

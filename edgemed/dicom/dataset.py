@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,6 +18,7 @@ import numpy as np
 
 from edgemed.errors import InvalidInputError
 from edgemed_runtime.preprocess import PreprocessSpec
+from edgemed_runtime.util import atomic_write_bytes
 
 from .cache import ArrayCache
 from .index import Record, SeriesFilter, index_folder
@@ -62,18 +62,6 @@ def summarize(records: Sequence[Record], splits: Sequence[str]) -> dict[str, Any
             "scanner": dict(sorted(collections.Counter(r.scanner for r in rs).items())),
         }
     return out
-
-
-def _write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_dataset(
@@ -128,7 +116,8 @@ def build_dataset(
             cache.load(manifest.root / r.path)
             if progress is not None:
                 progress(n + 1, len(records))
-    _write_json_atomic(manifest.to_dict(), out_p / MANIFEST)
+    atomic_write_bytes(out_p / MANIFEST, json.dumps(manifest.to_dict(), indent=1,
+                                                    sort_keys=True).encode())
     return manifest
 
 

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgemed_runtime.preprocess import PreprocessSpec
+from edgemed_runtime.util import atomic_write_bytes
 
 from ..errors import EdgemedError, InvalidInputError
 from .config import ReleaseConfig, load_release_config
@@ -179,7 +180,8 @@ def release(config: ReleaseConfig | str | os.PathLike[str], *, progress: Say | N
 
     result.report = write_release_report(result, cfg)
     result.seconds = time.perf_counter() - t0
-    (out / "release.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    atomic_write_bytes(out / "release.json",
+                       json.dumps(result.to_dict(), indent=2, default=str).encode())
     return result
 
 

@@ -97,7 +97,7 @@ def test_build_inspect_and_cache(synth, tmp_path):
     assert m.report["leak_check"]["ok"] and m.report["kept"] == len(synth.paths)
     assert m.calibration["seed"] == 2 and m.calibration["count"] == 6
     assert all(m.splits[i] == "train" for i in m.calibration["indices"])
-    assert (out / "dataset.json").is_file() and not list(out.glob(".tmp-*"))
+    assert (out / "dataset.json").is_file() and not list(out.glob(".*.tmp"))
     loaded = load_manifest(out)
     assert loaded.records == m.records and loaded.splits == m.splits and loaded.spec == SPEC
     train = DicomDataset.from_manifest(out, "train")
