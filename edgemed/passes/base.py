@@ -17,17 +17,16 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Generic, Mapping, TypeVar, cast
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from edgemed_runtime.artifact import Artifact
 
+from .._config import Strict, validation_problems
 from ..errors import ProfileError
 
 
-class PassConfig(BaseModel):
+class PassConfig(Strict):
     """Base of every pass config: frozen, unknown keys rejected."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 C = TypeVar("C", bound=PassConfig)
@@ -123,13 +122,11 @@ def make_config(name: str, cls: type[PassConfig], values: Mapping[str, Any]) -> 
     try:
         return cls(**values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or '(config)'}: {e['msg']}" for e in exc.errors()
-        )
         raise ProfileError(
             f"invalid settings for pass {name!r}",
             expected=", ".join(cls.model_fields) or "no settings",
-            found=problems, fix="fix the pass settings in the target profile",
+            found=validation_problems(exc, "(config)"),
+            fix="fix the pass settings in the target profile",
         ) from None
 
 

@@ -82,7 +82,8 @@ def cluster_model(model: Any, cfg: ClusterConfig, seed: int = 0) -> dict[str, An
 
     import torch
 
-    from .torch_common import compressed_size, prunable_layers, state_bytes
+    from .._torch import prunable_layers
+    from .torch_common import compressed_size, state_bytes
 
     before_z = compressed_size(state_bytes(model))
     layers: dict[str, Any] = {}

@@ -78,7 +78,7 @@ def prune_channels(model: Any, example: Any, cfg: StructuredConfig, *,
     import torch_pruning as tp
 
     from .prune_unstructured import keep_patterns
-    from .torch_common import match_modules
+    from .._torch import match_modules
 
     keep = keep_patterns(model, cfg.keep, cfg.keep_first_conv, cfg.keep_classifier)
     ignored = [m for _, m in match_modules(model, keep)]
@@ -137,8 +137,8 @@ class PruneStructured(Pass[StructuredConfig]):
     def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> PassOutput:
         import torch
 
+        from .._torch import predict_logits
         from ..finetune import FinetuneConfig, finetune
-        from ..train import predict_logits
         from .torch_common import (copy_module, recalibrate_from_context, remember_teacher,
                                    train_arrays, val_arrays)
 

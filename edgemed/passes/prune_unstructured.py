@@ -62,7 +62,7 @@ def magnitude_prune(model: Any, sparsity: float, *, scope: str = "global",
     """
     from torch.nn.utils import prune
 
-    from .torch_common import prunable_layers
+    from .._torch import prunable_layers
 
     layers = prunable_layers(model, keep)
     params = [(m, "weight") for _, m in layers]

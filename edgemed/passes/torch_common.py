@@ -12,7 +12,6 @@ on a deep copy. What the passes need besides the model comes from ``BuildContext
 from __future__ import annotations
 
 import copy
-import fnmatch
 import zlib
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from edgemed_runtime.artifact import Artifact
 
+from .._torch import as_xy, prunable_layers, recalibrate_bn
 from ..errors import InvalidInputError
 from .base import BuildContext
 
@@ -57,22 +57,6 @@ def train_arrays(ctx: BuildContext, pass_name: str) -> tuple[np.ndarray, np.ndar
     return as_xy(data, "train")
 
 
-def as_xy(data: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Validate an (x, y) pair: x (N, C, H, W) finite float32, y (N,) non-negative integers."""
-    x, y = (data.x, data.y) if hasattr(data, "x") else data
-    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
-    y = np.asarray(y)
-    if x.ndim < 3 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
-        raise InvalidInputError(f"malformed {what} data", expected="x (N, C, H, W) and y (N,)",
-                                found=f"x {x.shape}, y {y.shape}", code="shape-mismatch")
-    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
-        raise InvalidInputError(f"{what} labels must be non-negative integers",
-                                found=str(y.dtype), code="bad-labels")
-    if not np.all(np.isfinite(x)):
-        raise InvalidInputError(f"{what} inputs are not finite", found="NaN or inf")
-    return x, y.astype(np.int64)
-
-
 def val_arrays(ctx: BuildContext, train: tuple[np.ndarray, np.ndarray], fraction: float = 0.2,
                seed: int = 0) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """(train, val): ``ctx.extras['val']`` if given, else a seeded stratified split of train."""
@@ -87,21 +71,6 @@ def val_arrays(ctx: BuildContext, train: tuple[np.ndarray, np.ndarray], fraction
     mask = np.zeros(len(y), bool)
     mask[val_idx] = True
     return (x[~mask], y[~mask]), (x[mask], y[mask])
-
-
-def match_modules(model: Any, patterns: tuple[str, ...] | list[str]) -> list[tuple[str, Any]]:
-    """Named submodules whose qualified name matches any glob in ``patterns``."""
-    return [(n, m) for n, m in model.named_modules() if n and any(fnmatch.fnmatch(n, p)
-                                                                  for p in patterns)]
-
-
-def prunable_layers(model: Any, keep: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
-    """Conv and Linear layers (name, module) not matching a ``keep`` glob."""
-    import torch
-
-    kinds = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, kinds) and not any(fnmatch.fnmatch(n, p) for p in keep)]
 
 
 def first_and_last(model: Any) -> tuple[str | None, str | None]:
@@ -143,8 +112,6 @@ def state_bytes(model: Any) -> bytes:
 
 def recalibrate_from_context(model: Any, ctx: BuildContext) -> bool:
     """Recompute BatchNorm statistics on the calibration inputs (label-free); False if none."""
-    from ..finetune import recalibrate_bn
-
     if ctx.calibration is None or len(ctx.calibration) == 0:
         return False
     return recalibrate_bn(model, ctx.calibration.astype(np.float32))
