@@ -25,6 +25,7 @@ from ..errors import CalibrationError, ExportError
 from ..finetune import FinetuneConfig
 from .export_onnx import export_torch
 from .base import BuildContext, Pass, PassConfig, PassOutput
+from .onnx_graph import drop_unused_initializers
 
 
 class QATConfig(PassConfig):
@@ -145,10 +146,7 @@ def fold_weight_quantizers(data: bytes) -> tuple[bytes, int]:
     for n in drop:
         g.node.remove(n)
     g.initializer.extend(new_inits)
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    keep = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
+    drop_unused_initializers(g)
     return model.SerializeToString(), folded
 
 

@@ -22,6 +22,7 @@ from edgemed_runtime.util import atomic_write_bytes
 
 from ..errors import ExportError
 from .base import BuildContext, Pass, PassConfig, PassOutput
+from .onnx_graph import drop_unused_initializers
 
 
 class TensorRtRecipeConfig(PassConfig):
@@ -65,12 +66,9 @@ def fold_int32_bias(model: Any) -> int:
         model.graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
         folded += 1
     if folded:
-        used = {i for n in keep for i in n.input} | {o.name for o in model.graph.output}
         del model.graph.node[:]
         model.graph.node.extend(keep)
-        live = [t for t in model.graph.initializer if t.name in used]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(live)
+        drop_unused_initializers(model.graph)
     return folded
 
 
