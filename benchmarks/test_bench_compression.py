@@ -57,7 +57,7 @@ def setup(tmp_path_factory):
     import torch
     from monai.networks.nets import resnet18
 
-    from edgemed.finetune import FinetuneConfig, finetune
+    from edgemed.recovery import FinetuneConfig, finetune
     from edgemed.passes.base import BuildContext
     from edgemed.passes.prune_structured import StructuredConfig, prune_channels
     from edgemed.search.demo import demo_arrays

@@ -35,7 +35,7 @@ from edgemed_runtime.util import atomic_write_bytes
 
 from .bench.timing import interleaved_latency
 from .calibration import sample_calibration, to_arrays
-from .candidates import gate_backend, probe_candidate
+from .gate_probe import gate_backend, probe_candidate
 from .errors import GateError, InvalidInputError, MissingDependencyError, ProfileError
 from .evaluate import GateConfig, GateResult, check_labels, run_gate
 from .model import ModelSource, load_model

@@ -207,7 +207,7 @@ def seal(
             raise InvalidInputError("artifact file is missing", found=f"{src}: {exc.strerror}",
                                     fix="rebuild the artifact", code="not-found") from None
         if i == 0 and _should_split(art, options, len(plain)):
-            from .split import split_onnx
+            from .external_weights import split_onnx
 
             graph, weights = split_onnx(plain, weights_name=f"{base}.weights")
             add(base, "model", graph)

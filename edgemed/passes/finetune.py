@@ -1,4 +1,4 @@
-"""finetune: recovery fine-tuning of a compressed torch model (see edgemed.finetune).
+"""finetune: recovery fine-tuning of a compressed torch model (see edgemed.recovery).
 
 Needs ``extras['train']`` (and optionally ``extras['val']``); distils from ``extras['teacher']``
 (by default the model the first compression pass received, i.e. the FP32 original). With
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from edgemed_runtime.artifact import Artifact
 
-from ..finetune import FinetuneConfig
+from ..recovery import FinetuneConfig
 from .base import BuildContext, Pass, PassOutput
 
 
@@ -34,7 +34,7 @@ class Finetune(Pass[FinetuneStepConfig]):
         return {"torch": torch.__version__}
 
     def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> PassOutput:
-        from ..finetune import finetune
+        from ..recovery import finetune
         from .torch_common import copy_module, train_arrays, val_arrays
 
         cfg = self.config

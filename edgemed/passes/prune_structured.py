@@ -138,7 +138,7 @@ class PruneStructured(Pass[StructuredConfig]):
         import torch
 
         from .._torch import predict_logits
-        from ..finetune import FinetuneConfig, finetune
+        from ..recovery import FinetuneConfig, finetune
         from .torch_common import (copy_module, recalibrate_from_context, remember_teacher,
                                    train_arrays, val_arrays)
 

@@ -91,7 +91,7 @@ class PruneUnstructured(Pass[UnstructuredConfig]):
         return {"torch": torch.__version__}
 
     def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> PassOutput:
-        from ..finetune import FinetuneConfig, finetune
+        from ..recovery import FinetuneConfig, finetune
         from .torch_common import (copy_module, recalibrate_from_context, remember_teacher,
                                    train_arrays, val_arrays, weight_sparsity)
 

@@ -4,7 +4,7 @@ For targets where post-training INT8 fails the accuracy gate. Steps: fold BatchN
 convolutions; ``prepare_qat_fx`` inserts fake-quantisers matching onnxruntime's INT8 scheme
 (activations uint8/int8 per tensor, weights int8 symmetric per output channel); observers are
 initialised on the calibration set; the model fine-tunes with fake quantisation in the loop
-(edgemed.finetune, distilling from the FP32 teacher); observers are then frozen and the
+(edgemed.recovery, distilling from the FP32 teacher); observers are then frozen and the
 fake-quantisers exported as ONNX QuantizeLinear/DequantizeLinear pairs, which onnxruntime runs
 as INT8 kernels. The export is checked against the fake-quantised torch model.
 """
@@ -22,7 +22,7 @@ from edgemed_runtime.artifact import Artifact
 from edgemed_runtime.util import atomic_write_bytes
 
 from ..errors import CalibrationError, ExportError
-from ..finetune import FinetuneConfig
+from ..recovery import FinetuneConfig
 from .export_onnx import export_torch
 from .base import BuildContext, Pass, PassConfig, PassOutput
 from .onnx_graph import drop_unused_initializers
@@ -184,7 +184,7 @@ class QuantizationAwareTraining(Pass[QATConfig]):
         import torch
         from torch.ao.quantization import disable_observer
 
-        from ..finetune import finetune
+        from ..recovery import finetune
         from .export_onnx import check_onnx
         from .torch_common import copy_module, remember_teacher, train_arrays, val_arrays
 

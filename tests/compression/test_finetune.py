@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edgemed.errors import InvalidInputError
-from edgemed.finetune import FinetuneConfig, finetune
+from edgemed.recovery import FinetuneConfig, finetune
 
 
 def _params(model):
