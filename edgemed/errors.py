@@ -9,6 +9,8 @@
     ├── CalibrationError         empty / mis-shaped / non-finite data     (CLI exit 2)
     ├── GateError                the accuracy gate failed                 (CLI exit 1)
     └── BundleError > IntegrityError, RollbackError, ExpiredError, DeviceMismatchError
+
+Each error's ``code`` is one of ``edgemed_runtime.error_codes.ERROR_CODES`` (docs/error-codes.md).
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Every error carries a stable ``code`` plus what was expected, what was found and how to fix it,
 so a caller (or the CLI) can print one clear line instead of a stack trace from a dependency.
+Every code is listed, with its meaning, in ``error_codes.ERROR_CODES`` (docs/error-codes.md); a
+new code goes there too (tests/test_error_codes.py fails otherwise).
 Messages never contain patient data: callers pass descriptions, not DICOM values.
 """
 
