@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edgemed_runtime.artifact import Artifact
+from edgemed_runtime.backends import backend_class, backend_names
 from edgemed_runtime.bundle.compress import compress_payload
 from edgemed_runtime.bundle.container import pack_archive
 from edgemed_runtime.bundle.crypto import encrypt_stream, key_commitment, new_data_key
@@ -67,8 +68,9 @@ class SealOptions:
         min_runtime_version: oldest edgemed_runtime that may open it.
         chunk_size: plaintext bytes per AES-GCM chunk.
         split_weights: store an ONNX model as a small graph plus a ``weights`` payload that
-            onnxruntime reads in place (faster, less memory on devices). None (auto): when
-            the backend is onnxruntime, the format onnx/onnx-qdq and the model >= 1 MiB.
+            the backend reads in place (faster, less memory on devices). None (auto): when
+            the backend accepts external weights (``Backend.accepts_external_weights``:
+            onnxruntime), the format onnx/onnx-qdq and the model >= 1 MiB.
         compression: per payload, before encryption: ``"auto"`` (zlib level 9 only where it
             saves at least 20%, e.g. pruned or weight-shared models; dense ones stay stored
             as is and keep the zero-copy load), ``"zlib"`` (always) or ``"none"``.
@@ -98,12 +100,14 @@ class SealOptions:
 
 
 def _should_split(art: Artifact, opts: SealOptions, size: int) -> bool:
-    eligible = art.backend == "onnxruntime" and art.format in ("onnx", "onnx-qdq") \
-        and not art.extra_files
+    takes_weights = art.backend in backend_names() \
+        and backend_class(art.backend).accepts_external_weights
+    eligible = takes_weights and art.format in ("onnx", "onnx-qdq") and not art.extra_files
     if opts.split_weights is None:
         return eligible and size >= 1 << 20
     if opts.split_weights and not eligible:
-        raise InvalidInputError("split weights need a single-file ONNX model for onnxruntime",
+        raise InvalidInputError("split weights need a single-file ONNX model for a backend "
+                                "that accepts external weights (onnxruntime)",
                                 found=f"{art.format} / {art.backend}", code="bad-split")
     return opts.split_weights
 

@@ -11,34 +11,53 @@ tensorrt package is installed the ONNX parser also runs here (parsing needs no G
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import model_validator
 
 from edgemed_runtime.artifact import Artifact
-from edgemed_runtime.backends.tensorrt import TrtRecipe, pack_recipe
+from edgemed_runtime.backends.tensorrt.recipe import TrtRecipe, pack_recipe
 from edgemed_runtime.util import atomic_write_bytes
 
-from ..errors import ExportError
+from ..errors import ExportError, InvalidInputError
 from .base import BuildContext, Pass, PassConfig, PassOutput
 from .onnx_graph import drop_unused_initializers
 
 
+_DEFAULT = TrtRecipe()
+
+
 class TensorRtRecipeConfig(PassConfig):
-    typing: Literal["auto", "strong", "weak"] = "auto"
-    fp16_fallback: bool = True
-    workspace_mb: int = Field(1024, ge=16)
-    min_batch: int = Field(1, ge=1)
-    opt_batch: int = Field(1, ge=1)
-    max_batch: int = Field(8, ge=1)
-    optimization_level: int = Field(3, ge=0, le=5)
+    """The recipe's builder settings: the fields and defaults of ``TrtRecipe`` (the schema the
+    device reads) but ``precision``, which comes from the model; checked by
+    ``TrtRecipe.validate``, as on the device."""
+
+    typing: str = _DEFAULT.typing
+    fp16_fallback: bool = _DEFAULT.fp16_fallback
+    workspace_mb: int = _DEFAULT.workspace_mb
+    min_batch: int = _DEFAULT.min_batch
+    opt_batch: int = _DEFAULT.opt_batch
+    max_batch: int = _DEFAULT.max_batch
+    optimization_level: int = _DEFAULT.optimization_level
 
     @model_validator(mode="after")
-    def _batches(self) -> "TensorRtRecipeConfig":
-        if not self.min_batch <= self.opt_batch <= self.max_batch:
-            raise ValueError("need min_batch <= opt_batch <= max_batch")
+    def _valid(self) -> "TensorRtRecipeConfig":
+        try:
+            self.recipe(_DEFAULT.precision)
+        except InvalidInputError as exc:
+            raise ValueError(exc.found or exc.message) from None
         return self
+
+    def recipe(self, precision: str) -> TrtRecipe:
+        """The recipe for a model of ``precision`` (``int8``, ``fp16`` or ``fp32``).
+
+        Raises:
+            InvalidInputError(code="bad-option"): a value out of range.
+        """
+        recipe = TrtRecipe(precision=precision, **self.model_dump())
+        recipe.validate()
+        return recipe
 
 
 def fold_int32_bias(model: Any) -> int:
@@ -143,8 +162,7 @@ class TensorRtRecipePass(Pass[TensorRtRecipeConfig]):
                 fix="quantize with activation_type='int8', weight_type='int8', "
                 "symmetric_activations=true", code="trt-qdq",
             )
-        recipe = TrtRecipe(precision=precision_of(model, artifact.format), **cfg.model_dump())
-        recipe.validate()
+        recipe = cfg.recipe(precision_of(model, artifact.format))
         record: dict[str, Any] = {"recipe": recipe.to_dict(), "parser": _parse_check(data),
                                   "int32_bias_folded": folded}
         out = Path(workdir) / "model.trtr"

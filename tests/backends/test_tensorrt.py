@@ -73,6 +73,20 @@ def test_recipe_file_round_trip() -> None:
         unpack_recipe(b"\x08\x07onnx")
 
 
+def test_recipe_pass_config_is_the_recipe_schema() -> None:
+    """One schema: the pass's settings are TrtRecipe's fields and defaults (but the precision,
+    read from the model), refused by TrtRecipe's own checks."""
+    from edgemed.passes.tensorrt import TensorRtRecipeConfig
+
+    assert tuple(TensorRtRecipeConfig.model_fields) == tuple(
+        n for n in TrtRecipe.field_names() if n != "precision")
+    assert TensorRtRecipeConfig().recipe("int8") == TrtRecipe()
+    for bad in ({"typing": "loose"}, {"min_batch": 4, "opt_batch": 2}, {"workspace_mb": 1},
+                {"optimization_level": 9}, {"unknown_knob": 1}):
+        with pytest.raises(ValueError):
+            TensorRtRecipeConfig(**bad)
+
+
 # -- builder configuration ----------------------------------------------------------------------
 
 def test_flags_tensorrt_10_explicit_int8_with_fp16_fallback() -> None:

@@ -104,12 +104,15 @@ class Backend(ABC):
         formats: artifact formats it can run.
         requires: pip packages it needs (named in the error when missing).
         modules: import names checked by ``is_available``.
+        accepts_external_weights: ``open(..., external=)`` takes a split ONNX model's
+            initializers as ``(name, array)`` pairs, read in place (a bundle's ``weights``).
     """
 
     name: ClassVar[str]
     formats: ClassVar[tuple[str, ...]]
     requires: ClassVar[tuple[str, ...]]
     modules: ClassVar[tuple[str, ...]]
+    accepts_external_weights: ClassVar[bool] = False
 
     @classmethod
     def missing(cls) -> list[str]:

@@ -11,18 +11,13 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
+from .._memory import alloc, zero
 from ..errors import IntegrityError
 from .format import PayloadEntry
 
 LEVEL = 9  # zlib level used by the SDK
 STEP = 1 << 20  # output bytes per inflate call
 IN_STEP = 256 << 10  # input bytes fed per call
-
-
-def _alloc(n: int) -> Any:
-    from .crypto import _alloc as alloc
-
-    return alloc(n)
 
 
 def _refuse(entry: PayloadEntry, msg: str, found: str, code: str) -> IntegrityError:
@@ -44,14 +39,12 @@ def decompress_payload(entry: PayloadEntry, data: Any) -> Any:
             stream, truncated, or bytes after its end). Nothing partial is returned: the output
             buffer is wiped before raising.
     """
-    from .loader import wipe
-
     total = entry.uncompressed_length
     if total is None or entry.compression != "zlib":
         raise IntegrityError("payload is not zlib-compressed", found=entry.path,
                              code="manifest-invalid")
     src = memoryview(data).cast("B")
-    out = _alloc(total)
+    out = alloc(total)
     ov = memoryview(out).cast("B")
     d = zlib.decompressobj()
     pos = fed = 0
@@ -81,11 +74,11 @@ def decompress_payload(entry: PayloadEntry, data: Any) -> Any:
             raise _refuse(entry, "inflates to fewer bytes than declared", f"{pos} bytes",
                           "decompressed-length")
     except zlib.error as exc:
-        wipe({"out": out})
+        zero(out)
         raise _refuse(entry, "is not a valid zlib stream", str(exc)[:100],
                       "decompress-failed") from None
     except BaseException:
-        wipe({"out": out})
+        zero(out)
         raise
     return out
 

@@ -21,6 +21,7 @@ import os
 import struct
 from typing import Any
 
+from .._memory import alloc, zero
 from ..errors import BundleError, DeviceMismatchError, IntegrityError, MissingDependencyError
 from .format import STREAM_SCHEME, PayloadEntry
 
@@ -114,7 +115,7 @@ def decrypt_stream(data_key: bytes, bundle_id: bytes, entry: PayloadEntry, relea
     key, prefix = _file_key(data_key, bundle_id, entry.path)
     aead = AESGCM(key)
     aad = stream_aad(bundle_id, entry.path, release, entry.plaintext_length)
-    out = _alloc(entry.plaintext_length)
+    out = alloc(entry.plaintext_length)
     ov, cv = memoryview(out).cast("B"), memoryview(ciphertext)
     c, n = entry.chunk_size, entry.chunks
     for i in range(n):
@@ -125,28 +126,13 @@ def decrypt_stream(data_key: bytes, bundle_id: bytes, entry: PayloadEntry, relea
             aead.decrypt_into(_nonce(prefix, i, i == n - 1), cv[o:o + length + TAG], aad,
                               ov[start:start + length])
         except InvalidTag:
-            _zero(ov)  # wipe what was decrypted so far
+            zero(ov)  # wipe what was decrypted so far
             raise IntegrityError(
                 "encrypted payload failed authentication", found=f"{entry.path}: chunk {i} of {n}",
                 fix="the bundle was modified; get a fresh copy from the publisher",
                 code="decrypt-failed",
             ) from None
     return out
-
-
-def _alloc(n: int) -> Any:
-    if n >= 1 << 20:
-        import numpy as np
-
-        return np.empty(n, dtype=np.uint8)
-    return bytearray(n)
-
-
-def _zero(view: memoryview) -> None:
-    import ctypes
-
-    if len(view):
-        ctypes.memset((ctypes.c_char * len(view)).from_buffer(view), 0, len(view))
 
 
 # -- wrapping the data key per device ---------------------------------------------------------

@@ -16,7 +16,6 @@ ever written to disk. Each call builds its own verifier state.
 from __future__ import annotations
 
 import base64
-import ctypes
 import json
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,6 +26,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .._memory import wipe, zero
 from ..errors import (
     BundleError,
     DeviceMismatchError,
@@ -59,6 +59,7 @@ from .format import (
 from .keys import check_publisher_key, fingerprint, load_private_key, load_public_key
 from .oms import SignedStatement, check_digest, check_files, verify_signature
 from .state import RollbackState
+from .weights import open_with_weights
 
 
 def runtime_version() -> str:
@@ -264,22 +265,14 @@ def _payload(vb: VerifiedBundle, p: PayloadEntry, dk: bytes,
         if digest is not None:
             digest.result()
     except BaseException:
-        wipe({"plain": plain})
+        zero(plain)
         raise
     if p.compression == "none":
         return plain
     try:  # verified and authenticated; inflate with a hard cap at the signed size
         return decompress_payload(p, plain)
     finally:
-        wipe({"stored": plain})
-
-
-def wipe(buffers: Mapping[str, Any]) -> None:
-    """Overwrite decrypted buffers (bytearray / uint8 arrays) with zeros, in place."""
-    for b in buffers.values():
-        n = len(b)
-        if n:
-            ctypes.memset((ctypes.c_char * n).from_buffer(b), 0, n)
+        zero(plain)
 
 
 def _smoke(sess: Session) -> None:
@@ -329,9 +322,10 @@ def open_verified(
                                 expected=", ".join(be.formats), found=m.artifact_format,
                                 code="backend-format")
     weights = m.weights_payload
-    if weights is not None and not getattr(be, "accepts_external_weights", False):
+    if weights is not None and not be.accepts_external_weights:
         raise InvalidInputError(f"backend {name!r} cannot load split weights",
-                                expected="a backend that takes external weights (onnxruntime)",
+                                expected="a backend that takes external weights "
+                                "(accepts_external_weights, e.g. onnxruntime)",
                                 found=name, fix="re-seal with split_weights=False",
                                 code="backend-format")
     # every payload's digest is checked before anything below parses it
@@ -340,8 +334,6 @@ def open_verified(
     opts = {**dict(m.backend_options), **dict(options or {})}
     if weights is not None:
         # the backend reads the decrypted tensors in place; they are wiped when it closes
-        from .weights import open_with_weights
-
         graph_buf, weight_buf = plain.pop(model_name), plain.pop(weights.name)
         wipe(plain)
         bs = open_with_weights(be, graph_buf, weight_buf, io, opts)

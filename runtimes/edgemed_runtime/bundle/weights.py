@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from .._memory import zero
 from ..backends.base import Backend, BackendSession
 from ..errors import BackendError, IntegrityError
 from ..iospec import IOSpec
@@ -152,8 +153,6 @@ class WeightsSession(BackendSession):
 
     def close(self) -> None:
         """Close once; the buffers are wiped after the last run in progress returns."""
-        from .loader import wipe
-
         with self._cond:
             if self._closed:
                 return
@@ -163,7 +162,8 @@ class WeightsSession(BackendSession):
         try:
             self._inner.close()
         finally:
-            wipe({str(i): b for i, b in enumerate(self._buffers)})
+            for b in self._buffers:
+                zero(b)
 
 
 def open_with_weights(backend: Backend, graph: Any, weights: Any, io: IOSpec,
@@ -177,12 +177,11 @@ def open_with_weights(backend: Backend, graph: Any, weights: Any, io: IOSpec,
         IntegrityError(code="weights-invalid"): a malformed weights payload.
         BackendError(code="model-load-failed"): the backend refuses the model.
     """
-    from .loader import wipe
-
     try:
         tensors = unpack_weights(weights)
         inner = backend.open(bytes(graph), io, options, external=tensors)  # type: ignore[call-arg]
     except BaseException:
-        wipe({"graph": graph, "weights": weights})
+        zero(graph)
+        zero(weights)
         raise
     return WeightsSession(inner, [graph, weights])
