@@ -253,19 +253,7 @@ def build(
     say("loading calibration data")
     calib = sample_calibration(calibration, io, spec, count=profile.calibration.count,
                                seed=profile.calibration.seed) if calibration is not None else None
-    if validation is not None:
-        say("loading validation data")
-        val = to_arrays(validation, io, spec, what="validation")
-        val_x, val_y = val.x, val.y
-        if val_y is not None and not io.labels and val.class_names:
-            io = IOSpec(**{**io.__dict__, "labels": tuple(val.class_names)})
-        check_labels(val_y, n_classes)
-        gate_data = "validation set" + ("" if val_y is not None else " (unlabelled: agreement only)")
-    elif calib is not None:
-        val_x, val_y = calib.x, None
-        gate_data = "calibration inputs (no validation set given: agreement only)"
-    else:
-        val_x, val_y, gate_data = None, None, ""
+    io, val_x, val_y, gate_data = _gate_data(validation, calib, io, spec, n_classes, say)
     match, match_why = host_matches(profile)
     ctx = BuildContext(
         calibration=calib.x if calib is not None else None,
@@ -276,18 +264,36 @@ def build(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        return _build_in(stage, out_dir, src, io, spec, profile, gate_cfg, ctx, opts, calib,
-                         val_x, val_y, gate_data, match, match_why, threads, say, t_start)
+        work = stage / "work"
+        b = _Build(profile=profile, io=io, gate_cfg=gate_cfg, ctx=ctx, opts=opts,
+                   runner=_Runner(_source(src, io, spec, calib, work), work, ctx),
+                   val_x=val_x, val_y=val_y, gate_data=gate_data, match=match,
+                   match_why=match_why, t_start=t_start, stage=stage, out_dir=out_dir)
+        return b.finish(*b.select())
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _build_in(stage: Path, out_dir: Path, src: ModelSource, io: IOSpec, spec: PreprocessSpec,
-              profile: TargetProfile, gate_cfg: GateConfig, ctx: BuildContext, opts: BuildOptions,
-              calib: Any, val_x: np.ndarray | None, val_y: np.ndarray | None, gate_data: str,
-              match: bool, match_why: str, threads: int, say: Callable[[str], None],
-              t_start: float) -> Artifact:
-    work = stage / "work"
+def _gate_data(validation: Any, calib: Any, io: IOSpec, spec: PreprocessSpec, n_classes: int,
+               say: Callable[[str], None]
+               ) -> tuple[IOSpec, np.ndarray | None, np.ndarray | None, str]:
+    """The gate's inputs and labels, and what they are; ``io`` gains the validation set's class
+    names when it has none."""
+    if validation is not None:
+        say("loading validation data")
+        val = to_arrays(validation, io, spec, what="validation")
+        if val.y is not None and not io.labels and val.class_names:
+            io = IOSpec(**{**io.__dict__, "labels": tuple(val.class_names)})
+        check_labels(val.y, n_classes)
+        return io, val.x, val.y, "validation set" + (
+            "" if val.y is not None else " (unlabelled: agreement only)")
+    if calib is not None:
+        return io, calib.x, None, "calibration inputs (no validation set given: agreement only)"
+    return io, None, None, ""
+
+
+def _source(src: ModelSource, io: IOSpec, spec: PreprocessSpec, calib: Any, work: Path) -> Artifact:
+    """The loaded model as the source artifact, with its provenance records."""
     if src.kind == "torch":
         source = Artifact(path=work, format="torch", model_file="", io=io, preprocess=spec,
                           payload=src.module)
@@ -298,177 +304,287 @@ def _build_in(stage: Path, out_dir: Path, src: ModelSource, io: IOSpec, spec: Pr
                                  "kind": src.kind})
     if calib is not None:
         source = source.with_record({"pass": "calibration_set", **calib.info()})
-    runner = _Runner(source, work, ctx)
-    device_flags = cpu_flags() if match else opts.device_cpu_flags
-    excluded: dict[str, str] = {}
-    for v in profile.variants:
-        ok, why_not = v.eligible(device_flags)
-        if not ok:
-            excluded[v.name] = why_not
-    isa = {"device_cpu_flags": "build host" if match else (
-               "declared (BuildOptions.device_cpu_flags)" if device_flags is not None else "unknown"),
-           "flags": isa_summary(device_flags) if device_flags is not None else [],
-           "host_flags": isa_summary(), "excluded": excluded}
-    baseline = profile.baseline
-    if opts.select not in ("auto", "default"):
-        profile.variant(opts.select)
-        chosen_names = [opts.select]
-    elif opts.select == "default" or not match:
-        chosen_names = [profile.default_variant]
-    else:
-        chosen_names = [v.name for v in profile.variants if v.name not in excluded]
-    skipped = {n: why for n in chosen_names if (why := variant_unavailable(profile.variant(n)))}
-    if skipped and len(skipped) == len(chosen_names) and opts.select == "auto":
-        rest = [v.name for v in profile.variants if v.name not in skipped and v.name not in excluded
-                and not variant_unavailable(v)]
-        chosen_names = rest[:1]
-    else:
-        chosen_names = [n for n in chosen_names if n not in skipped]
-    if not chosen_names:
-        raise MissingDependencyError(
-            f"no variant of {profile.name} can be built here",
-            expected="the packages its variants need", found="; ".join(
-                f"{n}: {w}" for n, w in skipped.items()),
-            fix="install them, e.g. pip install 'edgemed[openvino]'",
-        )
-    results: dict[str, tuple[Artifact, GateResult | None]] = {}
-    gated_with: dict[str, dict[str, str]] = {}
-    state: dict[str, Any] = {"reference": None, "ref_logits": None}
+    return source
 
-    def gate_one(name: str) -> None:
-        v = profile.variant(name)
-        art, fp32, qdq = runner.run(v)
+
+def _ratios(timings: dict[str, Any], names: list[str]) -> str:
+    """``name 1.23x`` (p50 relative to FP32) for each of ``names``."""
+    return ", ".join(f"{n} {timings[n].get('ratio_to_fp32', 0):.2f}x" for n in names)
+
+
+_Choice = tuple[str, str, dict[str, Any], str, str]
+"""chosen variant, why, timings_ms, status, fallback_reason."""
+
+
+@dataclass(kw_only=True)
+class _Build:
+    """One build's state once its inputs are loaded: what was gated, what ships and why."""
+
+    profile: TargetProfile
+    io: IOSpec
+    gate_cfg: GateConfig
+    ctx: BuildContext
+    opts: BuildOptions
+    runner: _Runner
+    val_x: np.ndarray | None
+    val_y: np.ndarray | None
+    gate_data: str
+    match: bool
+    match_why: str
+    t_start: float
+    stage: Path
+    out_dir: Path
+    isa: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    results: dict[str, tuple[Artifact, GateResult | None]] = field(default_factory=dict)
+    gated_with: dict[str, dict[str, str]] = field(default_factory=dict)
+    reference: Artifact | None = None
+    ref_logits: np.ndarray | None = None
+
+    @property
+    def base_name(self) -> str | None:
+        return self.profile.baseline.name if self.profile.baseline is not None else None
+
+    def passing(self) -> list[str]:
+        return [n for n, (_, g) in self.results.items() if g is None or g.passed]
+
+    def compressed(self) -> list[str]:
+        return [n for n in self.passing() if n != self.base_name]
+
+    def reasons(self) -> str:
+        """Why the gated candidates failed, one ``name: reasons`` per candidate."""
+        return "; ".join(f"{n}: {', '.join(g.reasons)}" for n, (_, g) in self.results.items()
+                         if g and g.reasons)
+
+    def candidates(self) -> list[str]:
+        """The variants to gate: eligible on the device CPU (``isa``) and buildable here (the
+        rest in ``skipped``). Raises MissingDependencyError when none is."""
+        profile, opts = self.profile, self.opts
+        device_flags = cpu_flags() if self.match else opts.device_cpu_flags
+        excluded: dict[str, str] = {}
+        for v in profile.variants:
+            ok, why_not = v.eligible(device_flags)
+            if not ok:
+                excluded[v.name] = why_not
+        self.isa = {"device_cpu_flags": "build host" if self.match else (
+                        "declared (BuildOptions.device_cpu_flags)" if device_flags is not None
+                        else "unknown"),
+                    "flags": isa_summary(device_flags) if device_flags is not None else [],
+                    "host_flags": isa_summary(), "excluded": excluded}
+        if opts.select not in ("auto", "default"):
+            profile.variant(opts.select)
+            names = [opts.select]
+        elif opts.select == "default" or not self.match:
+            names = [profile.default_variant]
+        else:
+            names = [v.name for v in profile.variants if v.name not in excluded]
+        self.skipped = {n: why for n in names if (why := variant_unavailable(profile.variant(n)))}
+        if self.skipped and len(self.skipped) == len(names) and opts.select == "auto":
+            names = [v.name for v in profile.variants if v.name not in self.skipped
+                     and v.name not in excluded and not variant_unavailable(v)][:1]
+        else:
+            names = [n for n in names if n not in self.skipped]
+        if not names:
+            raise MissingDependencyError(
+                f"no variant of {profile.name} can be built here",
+                expected="the packages its variants need", found="; ".join(
+                    f"{n}: {w}" for n, w in self.skipped.items()),
+                fix="install them, e.g. pip install 'edgemed[openvino]'",
+            )
+        return names
+
+    def gate_one(self, name: str) -> None:
+        """Build variant ``name`` and gate it against the FP32 reference (into ``results``)."""
+        profile, v = self.profile, self.profile.variant(name)
+        art, fp32, qdq = self.runner.run(v)
         art = art.evolve(backend=v.backend, backend_options=profile.backend_options(v),
                          target={"name": profile.name, "sha256": profile.sha256, "variant": v.name})
-        if state["reference"] is None and fp32 is not None:
-            state["reference"] = fp32.evolve(backend="onnxruntime",
-                                             backend_options=dict(profile.runtime))
-            if val_x is not None:
-                say("evaluating the FP32 reference")
-                state["ref_logits"] = _logits(state["reference"], "onnxruntime",
-                                              {"threads": threads}, val_x, opts.eval_batch)
+        if self.reference is None and fp32 is not None:
+            self.reference = fp32.evolve(backend="onnxruntime",
+                                         backend_options=dict(profile.runtime))
+            if self.val_x is not None:
+                self.ctx.progress("evaluating the FP32 reference")
+                self.ref_logits = _logits(self.reference, "onnxruntime",
+                                          {"threads": self.ctx.threads}, self.val_x,
+                                          self.opts.eval_batch)
         verdict = None
-        if state["ref_logits"] is not None and val_x is not None:
-            say(f"{name}: accuracy gate")
-            gate_be, gate_why = gate_backend(v)
-            gate_opts = {**art.backend_options, "threads": threads}
-            verdict = probe_candidate(art, gate_be, gate_opts, val_x[:1], val_y is not None)
-            if verdict is None:
-                if not match and qdq is not None:
-                    # the host's integer kernels are not the device's: Q/DQ simulated in float
-                    evaluator = SIMULATED
-                    cand = _logits(qdq, "onnxruntime", {"threads": threads,
-                                                        "graph_optimization": "disable"},
-                                   val_x, opts.eval_batch)
-                else:
-                    evaluator = (f"{gate_be} on this host's kernels "
-                                 f"({', '.join(isa['host_flags']) or 'no ISA flags'})")
-                    cand = _logits(art, gate_be, gate_opts, val_x, opts.eval_batch)
-                verdict = dataclasses.replace(run_gate(state["ref_logits"], cand, val_y, gate_cfg),
-                                              evaluator=evaluator)
-            gated_with[name] = {"backend": gate_be, "why": gate_why,
-                                "evaluator": verdict.evaluator or "crash probe"}
-        results[name] = (art, verdict)
+        if self.ref_logits is not None and self.val_x is not None:
+            verdict = self._verdict(name, v, art, qdq, self.val_x)
+        self.results[name] = (art, verdict)
 
-    for name in chosen_names:
-        gate_one(name)
-    reference: Artifact | None = state["reference"]
-    passing = [n for n, (_, g) in results.items() if g is None or g.passed]
-    compressed = [n for n in passing if baseline is None or n != baseline.name]
-    fallback_needed = not compressed and opts.select in ("auto", "default")
-    if (fallback_needed and baseline is not None and baseline.name not in results
-            and not variant_unavailable(baseline)):
-        gate_one(baseline.name)  # the declared default failed: the FP32 baseline is the fallback
-        passing = [n for n, (_, g) in results.items() if g is None or g.passed]
-    warnings = []
-    first = next((g for _, g in results.values() if g is not None and g.labelled), None)
-    if first is not None and first.reference.get("auc", 1.0) < 0.5:
-        warnings.append(
-            f"the FP32 reference scores AUC {first.reference['auc']:.3f} (< 0.5) on the validation "
-            f"set: the class order {list(io.labels)} may not match the model's outputs; pass "
-            "labels=... (--labels) in output order")
-    warnings += sorted({w for _, g in results.values() if g is not None for w in g.warnings})
-    selection: dict[str, Any] = {
-        "host_matches_target": match, "host": match_why, "gate_data": gate_data,
-        "class_order": list(io.labels), "warnings": warnings,
-        "candidates": {n: (g.to_dict() if g else None) for n, (_, g) in results.items()},
-        "skipped": skipped, "isa": isa,
-        "gated_with": gated_with, "gate_rule": gate_cfg.describe(val_y is not None),
-    }
-    timings: dict[str, Any] = {}
-    base_name = baseline.name if baseline is not None else None
-    if not passing or (fallback_needed and profile.require_compressed):
-        report = {"ok": False, "target": profile.name, "selection": selection,
-                  "seconds": round(time.perf_counter() - t_start, 2)}
-        _write_report_only(out_dir, report)
-        raise GateError(
-            f"no {'compressed ' if passing else ''}candidate for {profile.name} passed the "
-            "accuracy gate" + (" (require_compressed: no FP32 fallback)" if passing else ""),
-            expected=gate_cfg.describe(val_y is not None),
-            found="; ".join(f"{n}: {', '.join(g.reasons)}" for n, (_, g) in results.items()
-                            if g and g.reasons),
-            fix="try calibration='percentile' or 'entropy', keep sensitive layers in FP32, or "
-            "relax the gate deliberately", report=report,
-        )
-    # status: compressed | fallback-fp32 (no compressed candidate could ship) | fp32 (asked for)
-    status, fallback_why = "compressed", ""
-    if match and val_x is not None and len(passing) > 1:
-        say("timing the candidates on this host")
-        timings = _time_variants({n: results[n][0] for n in passing},
-                                 None if base_name in passing else reference, val_x[:1],
-                                 threads, opts.timing_runs, base_name)
-        base_p50 = timings[base_name]["p50"] if base_name in passing else None
+    def _verdict(self, name: str, v: Variant, art: Artifact, qdq: Artifact | None,
+                 val_x: np.ndarray) -> GateResult:
+        """Probe ``art`` for crashes, then run the accuracy gate on this host's kernels, or on
+        the Q/DQ graph simulated in float when the host does not stand in for the target."""
+        self.ctx.progress(f"{name}: accuracy gate")
+        threads, batch = self.ctx.threads, self.opts.eval_batch
+        gate_be, gate_why = gate_backend(v)
+        gate_opts = {**art.backend_options, "threads": threads}
+        verdict = probe_candidate(art, gate_be, gate_opts, val_x[:1], self.val_y is not None)
+        if verdict is None:
+            if not self.match and qdq is not None:
+                # the host's integer kernels are not the device's: Q/DQ simulated in float
+                evaluator = SIMULATED
+                cand = _logits(qdq, "onnxruntime", {"threads": threads,
+                                                    "graph_optimization": "disable"},
+                               val_x, batch)
+            else:
+                evaluator = (f"{gate_be} on this host's kernels "
+                             f"({', '.join(self.isa['host_flags']) or 'no ISA flags'})")
+                cand = _logits(art, gate_be, gate_opts, val_x, batch)
+            verdict = dataclasses.replace(run_gate(self.ref_logits, cand, self.val_y,
+                                                   self.gate_cfg), evaluator=evaluator)
+        self.gated_with[name] = {"backend": gate_be, "why": gate_why,
+                                 "evaluator": verdict.evaluator or "crash probe"}
+        return verdict
+
+    def record(self) -> dict[str, Any]:
+        """The selection provenance before the choice: what was gated, skipped, excluded."""
+        warnings = []
+        first = next((g for _, g in self.results.values() if g is not None and g.labelled), None)
+        if first is not None and first.reference.get("auc", 1.0) < 0.5:
+            warnings.append(
+                f"the FP32 reference scores AUC {first.reference['auc']:.3f} (< 0.5) on the "
+                f"validation set: the class order {list(self.io.labels)} may not match the "
+                "model's outputs; pass labels=... (--labels) in output order")
+        warnings += sorted({w for _, g in self.results.values() if g is not None
+                            for w in g.warnings})
+        return {
+            "host_matches_target": self.match, "host": self.match_why, "gate_data": self.gate_data,
+            "class_order": list(self.io.labels), "warnings": warnings,
+            "candidates": {n: (g.to_dict() if g else None) for n, (_, g) in self.results.items()},
+            "skipped": self.skipped, "isa": self.isa, "gated_with": self.gated_with,
+            "gate_rule": self.gate_cfg.describe(self.val_y is not None),
+        }
+
+    def failed(self, selection: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """Write ``report.json`` alone into ``out_dir`` for a build that ships nothing."""
+        report = {"ok": False, "target": self.profile.name, "selection": selection, **extra,
+                  "seconds": round(time.perf_counter() - self.t_start, 2)}
+        _write_report_only(self.out_dir, report)
+        return report
+
+    def select(self) -> tuple[Artifact, GateResult | None, dict[str, Any]]:
+        """Gate the candidates (and the FP32 baseline when no compressed one passed), choose
+        one; return it, its verdict and the selection record.
+
+        Raises:
+            GateError: nothing may ship (``report.json`` alone is written).
+        """
+        for name in self.candidates():
+            self.gate_one(name)
+        baseline, profile = self.profile.baseline, self.profile
+        fallback_needed = not self.compressed() and self.opts.select in ("auto", "default")
+        if (fallback_needed and baseline is not None and baseline.name not in self.results
+                and not variant_unavailable(baseline)):
+            self.gate_one(baseline.name)  # the declared default failed: FP32 is the fallback
+        passing, selection = self.passing(), self.record()
+        if not passing or (fallback_needed and profile.require_compressed):
+            report = self.failed(selection)
+            raise GateError(
+                f"no {'compressed ' if passing else ''}candidate for {profile.name} passed the "
+                "accuracy gate" + (" (require_compressed: no FP32 fallback)" if passing else ""),
+                expected=self.gate_cfg.describe(self.val_y is not None), found=self.reasons(),
+                fix="try calibration='percentile' or 'entropy', keep sensitive layers in FP32, "
+                "or relax the gate deliberately", report=report,
+            )
+        # status: compressed | fallback-fp32 (no compressed candidate could ship) | fp32 (asked for)
+        if self.match and self.val_x is not None and len(passing) > 1:
+            chosen, why, timings, status, fallback_why = self.timed(passing, self.val_x, selection)
+        else:
+            chosen, why, timings, status, fallback_why = self.untimed(passing)
+        selection.update({"chosen": chosen, "why": why, "timings_ms": timings, "status": status,
+                          "fallback_reason": fallback_why,
+                          "latency": "measured" if timings else "unmeasured"})
+        art, verdict = self.results[chosen]
+        return art, verdict, selection
+
+    def timed(self, passing: list[str], val_x: np.ndarray, selection: dict[str, Any]) -> _Choice:
+        """Time the passing candidates side by side with the FP32 baseline; choose the fastest
+        compressed one no slower than FP32, else FP32 (fallback-fp32)."""
+        base, opts, compressed = self.base_name, self.opts, self.compressed()
+        self.ctx.progress("timing the candidates on this host")
+        timings = _time_variants({n: self.results[n][0] for n in passing},
+                                 None if base in passing else self.reference, val_x[:1],
+                                 self.ctx.threads, opts.timing_runs, base)
+        base_p50 = timings[base]["p50"] if base in passing else None
         fast = [n for n in compressed if base_p50 is None or timings[n]["p50"] <= base_p50]
         slower = [n for n in compressed if n not in fast]
-        pool = fast or [n for n in passing if n == base_name]
+        pool = fast or [n for n in passing if n == base]
         best = min(timings[n]["p50"] for n in pool)
         # candidates within the tie tolerance of the fastest count as equally fast: the first in
         # the profile's order wins, so re-running a build does not flip on timing noise
         chosen = next(n for n in pool if timings[n]["p50"] <= best * (1 + opts.tie_tolerance))
         why = (f"fastest of {len(pool)} compressed candidate(s) that passed the gate and ran no "
-               f"slower than FP32, timed on this host ({match_why}); ties within "
+               f"slower than FP32, timed on this host ({self.match_why}); ties within "
                f"{opts.tie_tolerance:.0%} go to the profile's order")
         if slower:
-            why += "; slower than FP32 here: " + ", ".join(
-                f"{n} {timings[n].get('ratio_to_fp32', 0):.2f}x" for n in slower)
-        if chosen == base_name:
-            status = "fallback-fp32"
-            fallback_why = ("no compressed candidate passed the gate" if not compressed else
-                            "every compressed candidate that passed the gate ran slower than FP32 "
-                            "on this host: " + ", ".join(
-                                f"{n} {timings[n].get('ratio_to_fp32', 0):.2f}x" for n in compressed))
-            why = f"FP32 baseline ({fallback_why})"
-            if profile.require_compressed:
-                report = {"ok": False, "target": profile.name, "selection": selection,
-                          "timings_ms": timings, "seconds": round(time.perf_counter() - t_start, 2)}
-                _write_report_only(out_dir, report)
-                raise GateError(f"no compressed candidate for {profile.name} is worth shipping",
-                                expected="a compressed candidate no slower than FP32",
-                                found=fallback_why, code="slower-than-fp32", report=report,
-                                fix="drop require_compressed, or add faster variants")
-    else:
-        chosen = next((n for n in passing if n != base_name), passing[0])
-        if match and val_x is not None:
-            timings = _time_variants({chosen: results[chosen][0]}, reference, val_x[:1], threads,
-                                     opts.timing_runs, None)
-        how = f"latency {'measured' if timings else 'unmeasured'} ({match_why})"
-        tried_compressed = any(n != base_name for n in results)
+            why += "; slower than FP32 here: " + _ratios(timings, slower)
+        if chosen != base:
+            return chosen, why, timings, "compressed", ""
+        fallback_why = ("no compressed candidate passed the gate" if not compressed else
+                        "every compressed candidate that passed the gate ran slower than FP32 "
+                        "on this host: " + _ratios(timings, compressed))
+        if self.profile.require_compressed:
+            report = self.failed(selection, timings_ms=timings)
+            raise GateError(f"no compressed candidate for {self.profile.name} is worth shipping",
+                            expected="a compressed candidate no slower than FP32",
+                            found=fallback_why, code="slower-than-fp32", report=report,
+                            fix="drop require_compressed, or add faster variants")
+        return chosen, f"FP32 baseline ({fallback_why})", timings, "fallback-fp32", fallback_why
+
+    def untimed(self, passing: list[str]) -> _Choice:
+        """The one candidate asked for, or the profile's declared default (FP32 when it failed);
+        timed alone against the FP32 reference when the host stands in for the target."""
+        base, opts = self.base_name, self.opts
+        status, fallback_why = "compressed", ""
+        chosen = next((n for n in passing if n != base), passing[0])
+        timings: dict[str, Any] = {}
+        if self.match and self.val_x is not None:
+            timings = _time_variants({chosen: self.results[chosen][0]}, self.reference,
+                                     self.val_x[:1], self.ctx.threads, opts.timing_runs, None)
+        how = f"latency {'measured' if timings else 'unmeasured'} ({self.match_why})"
+        tried_compressed = any(n != base for n in self.results)
         if opts.select not in ("auto", "default"):
             why = f"the only candidate requested; {how}"
-        elif chosen == base_name and tried_compressed:
+        elif chosen == base and tried_compressed:
             status, fallback_why = "fallback-fp32", "no compressed candidate passed the gate"
-            why = f"FP32 baseline ({fallback_why}: " + "; ".join(
-                f"{n}: {', '.join(g.reasons)}" for n, (_, g) in results.items()
-                if g and g.reasons) + f"); {how}"
+            why = f"FP32 baseline ({fallback_why}: {self.reasons()}); {how}"
         else:
             why = f"the profile's declared default; {how}"
-        if chosen == base_name and status == "compressed":
+        if chosen == base and status == "compressed":
             status = "fp32"
-    selection.update({"chosen": chosen, "why": why, "timings_ms": timings, "status": status,
-                      "fallback_reason": fallback_why,
-                      "latency": "measured" if timings else "unmeasured"})
-    art, verdict = results[chosen]
-    return _finish(stage, out_dir, art, reference, verdict, selection, profile, opts, t_start)
+        return chosen, why, timings, status, fallback_why
+
+    def finish(self, art: Artifact, verdict: GateResult | None,
+               selection: dict[str, Any]) -> Artifact:
+        """Write the chosen artifact (and the FP32 reference) and its report into ``out_dir``."""
+        final_dir = self.stage / "final"
+        suffix = Path(art.model_file).suffix or ".bin"
+        final = _copy_artifact(art, final_dir, f"model{suffix}")
+        metrics: dict[str, Any] = {"gate": verdict.to_dict() if verdict else None,
+                                   "size_bytes": final.model_path.stat().st_size}
+        if self.reference is not None and self.opts.keep_reference:
+            ref = _copy_artifact(self.reference, final_dir / "reference", "model.onnx")
+            ref.save()
+            metrics["reference_size_bytes"] = ref.model_path.stat().st_size
+            metrics["size_ratio"] = round(metrics["size_bytes"] / metrics["reference_size_bytes"], 4)
+        final = final.with_record({"pass": "select_variant", **selection})
+        final = final.evolve(metrics=metrics)
+        final.save()
+        report = {"ok": True, "target": self.profile.name, "chosen": selection["chosen"],
+                  "metrics": metrics, "selection": selection,
+                  "seconds": round(time.perf_counter() - self.t_start, 2)}
+        atomic_write_bytes(final_dir / REPORT_FILE, json.dumps(report, indent=2, default=str).encode())
+        # swap into place: out_dir is either the old result or the new one, never a mix
+        old = None
+        if self.out_dir.exists():
+            old = self.out_dir.with_name(f".{self.out_dir.name}.old-{os.getpid()}")
+            self.out_dir.rename(old)
+        final_dir.rename(self.out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return Artifact.load(self.out_dir)
 
 
 def _time_variants(arts: dict[str, Artifact], reference: Artifact | None, x: np.ndarray,
@@ -510,34 +626,3 @@ def _copy_artifact(art: Artifact, dest: Path, model_name: str) -> Artifact:
         (dest / extra).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(art.path) / extra, dest / extra)
     return art.evolve(path=dest, model_file=model_name)
-
-
-def _finish(stage: Path, out_dir: Path, art: Artifact, reference: Artifact | None,
-            verdict: GateResult | None, selection: dict[str, Any], profile: TargetProfile,
-            opts: BuildOptions, t_start: float) -> Artifact:
-    final_dir = stage / "final"
-    suffix = Path(art.model_file).suffix or ".bin"
-    final = _copy_artifact(art, final_dir, f"model{suffix}")
-    metrics: dict[str, Any] = {"gate": verdict.to_dict() if verdict else None,
-                               "size_bytes": final.model_path.stat().st_size}
-    if reference is not None and opts.keep_reference:
-        ref = _copy_artifact(reference, final_dir / "reference", "model.onnx")
-        ref.save()
-        metrics["reference_size_bytes"] = ref.model_path.stat().st_size
-        metrics["size_ratio"] = round(metrics["size_bytes"] / metrics["reference_size_bytes"], 4)
-    final = final.with_record({"pass": "select_variant", **selection})
-    final = final.evolve(metrics=metrics)
-    final.save()
-    report = {"ok": True, "target": profile.name, "chosen": selection["chosen"],
-              "metrics": metrics, "selection": selection,
-              "seconds": round(time.perf_counter() - t_start, 2)}
-    atomic_write_bytes(final_dir / REPORT_FILE, json.dumps(report, indent=2, default=str).encode())
-    # swap into place: out_dir is either the old result or the new one, never a mix
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-    final_dir.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return Artifact.load(out_dir)
