@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from edgemed_runtime.util import atomic_write_bytes
 from ..errors import EdgemedError, InvalidInputError
 from .config import ReleaseConfig, load_release_config
 from .state import StepState, content_key, tree_key
+
+if TYPE_CHECKING:
+    from ..targets import TargetProfile
 
 Say = Callable[[str], None]
 SHIPPED = ("released", "fallback-fp32")
@@ -158,15 +161,16 @@ def release(config: ReleaseConfig | str | os.PathLike[str], *, progress: Say | N
     test_files = [manifest.root / manifest.records[i].path for i in manifest.indices("test")]
     if not test_files:
         test_files = [manifest.root / manifest.records[0].path]
-    validation = LabelledArrays(val_x, val_y, tuple(manifest.class_names), ())
+    shared = _Shared(cfg=cfg, state=state, out=out, say=say, src=src, data_key=data_key,
+                     spec=spec, labels=labels, calib_x=calib_x, dicom_file=test_files[0],
+                     validation=LabelledArrays(val_x, val_y, tuple(manifest.class_names), ()))
     outcomes = []
     skipped = sum(1 for v in ds_steps.values() if v.startswith("skipped"))
     for target in cfg.release.targets:
         o = TargetOutcome(target)
         ts = time.perf_counter()
         try:
-            _release_target(cfg, target, o, state, out, src, data_key, spec, labels, calib_x,
-                            validation, test_files[0], say)
+            _TargetRelease(shared, target, o).run()
         except EdgemedError as exc:
             o.status = "gate-failed" if type(exc).__name__ == "GateError" else "failed"
             o.error = exc.to_dict()
@@ -185,156 +189,217 @@ def release(config: ReleaseConfig | str | os.PathLike[str], *, progress: Say | N
     return result
 
 
-def _release_target(cfg: ReleaseConfig, target: str, o: TargetOutcome, state: StepState, out: Path,
-                    src: Any, data_key: str, spec: PreprocessSpec, labels: tuple[str, ...],
-                    calib_x: np.ndarray, validation: Any, dicom_file: Path, say: Say) -> None:
-    from edgemed_runtime.artifact import Artifact
+@dataclass(frozen=True, kw_only=True)
+class _Shared:
+    """What every target's release uses: the config, the step state and the prepared data."""
 
-    from ..bundle import Recipient, Registry, SealOptions, seal
-    from ..pipeline import BuildOptions, build
-    from ..targets import host_matches, load_target
-    from .device_check import verify_as_device
+    cfg: ReleaseConfig
+    state: StepState
+    out: Path
+    say: Say
+    src: Any
+    data_key: str
+    spec: PreprocessSpec
+    labels: tuple[str, ...]
+    calib_x: np.ndarray
+    validation: Any
+    dicom_file: Path
 
-    profile = load_target(target)
-    if cfg.release.require_compressed:
-        profile = profile.model_copy(update={"require_compressed": True})
-    name = profile.name  # a target may be given as a .toml path: name files after the profile
-    gate = profile.gate.model_copy(update={k: v for k, v in cfg.gate.model_dump().items()
-                                           if v is not None})
-    tdir = out / "targets" / name
-    art_dir = tdir / "artifact"
-    build_key = content_key("build", src.sha256, data_key, profile.sha256, gate.model_dump(),
-                            list(labels), spec.to_dict(), list(cfg.model.input))
-    if state.done(f"{name}/build", build_key, [art_dir / "artifact.json"]) is not None:
-        o.steps["build"] = "skipped (unchanged)"
-        say(f"{target}: build unchanged, skipped")
+
+@dataclass
+class _TargetRelease:
+    """One target's release: build, seal, check as a device, benchmark, register (into ``o``)."""
+
+    s: _Shared
+    target: str
+    o: TargetOutcome
+    name: str = ""  # the profile's name (a target may be given as a .toml path)
+
+    def step(self, step: str, key: str, run: Callable[[], Any], *, outputs: Sequence[Path] = (),
+             forget: bool = False, say_skipped: bool = False) -> Any:
+        """The result of ``step``: recorded with ``key`` (and its ``outputs`` present) by an
+        earlier run, else ``run()``'s (recorded; ``forget`` drops the old record first)."""
+        cached = self.s.state.done(f"{self.name}/{step}", key, outputs)
+        if cached is not None:
+            self.o.steps[step] = "skipped (unchanged)"
+            if say_skipped:
+                self.s.say(f"{self.target}: {step} unchanged, skipped")
+            return cached
+        if forget:
+            self.s.state.forget(f"{self.name}/{step}")
+        result = run()
+        self.s.state.record(f"{self.name}/{step}", key, result)
+        self.o.steps[step] = "ran"
+        return result
+
+    def run(self) -> None:
+        """Release the target; raises EdgemedError when a step fails (the outcome says how far
+        it got)."""
+        from edgemed_runtime.artifact import Artifact
+
+        from ..targets import load_target
+
+        o, profile = self.o, load_target(self.target)
+        if self.s.cfg.release.require_compressed:
+            profile = profile.model_copy(update={"require_compressed": True})
+        self.name = profile.name
+        tdir = self.s.out / "targets" / self.name
+        art_dir = tdir / "artifact"
+        build_key = self.build(profile, art_dir)
         art = Artifact.load(art_dir)
-    else:
-        state.forget(f"{name}/build")
-        art = build(src.module if src.kind == "torch" else src.onnx_path, input_shape=cfg.model.input,
-                    calibration=calib_x, validation=validation, target=profile, out=art_dir,
-                    labels=labels, preprocess=spec, gate=gate,
-                    options=BuildOptions(seed=cfg.data.seed),
-                    progress=lambda m: say(f"{target}: {m}"))
-        state.record(f"{name}/build", build_key, {"artifact": str(art_dir)})
-        o.steps["build"] = "ran"
-    sel = next((r for r in art.provenance if r.get("pass") == "select_variant"), {})
-    o.artifact, o.chosen, o.why = str(art_dir), sel.get("chosen"), sel.get("why")
-    o.gate = art.metrics.get("gate")
-    o.size_bytes, o.size_ratio = art.metrics.get("size_bytes"), art.metrics.get("size_ratio")
+        sel = next((r for r in art.provenance if r.get("pass") == "select_variant"), {})
+        o.artifact, o.chosen, o.why = str(art_dir), sel.get("chosen"), sel.get("why")
+        o.gate = art.metrics.get("gate")
+        o.size_bytes, o.size_ratio = art.metrics.get("size_bytes"), art.metrics.get("size_ratio")
+        bundle_dir, seal_key = self.seal(build_key, art_dir)
+        o.bundle = str(bundle_dir)
+        check_key = self.device_check(seal_key, bundle_dir, art)
+        self.bench(profile, check_key, bundle_dir, tdir)
+        self.register(bundle_dir)
+        o.status = "fallback-fp32" if sel.get("status") == "fallback-fp32" else "released"
 
-    pub = cfg.path(cfg.signing.publisher_pub)
-    devices = [Recipient.load(str(cfg.path(d))) for d in cfg.signing.devices]
-    bundle_dir = out / "bundles" / f"{cfg.release.family}-{name}-{cfg.release.version}"
-    family = f"{cfg.release.family}-{name}"
-    seal_key = content_key("seal", build_key, tree_key((art_dir).rglob("*")),
-                           cfg.release.model_dump(mode="json"), [d.fingerprint for d in devices],
-                           Path(pub).read_bytes().decode())  # type: ignore[arg-type]
-    if state.done(f"{name}/seal", seal_key, [bundle_dir / "bundle.json"]) is not None:
-        o.steps["seal"] = "skipped (unchanged)"
-    else:
-        say(f"{target}: sealing for {len(devices)} device(s)")
-        password = os.environ.get(cfg.signing.passphrase_env) if cfg.signing.passphrase_env else None
-        seal(art_dir, bundle_dir, publisher_key=cfg.path(cfg.signing.publisher_key),
-             publisher_key_password=password, recipients=devices, overwrite=True,
-             options=SealOptions(family=family, release=cfg.release.counter,
-                                 version=cfg.release.version, hardware_ids=cfg.release.hardware_ids,
-                                 expires=datetime.now(timezone.utc)
-                                 + timedelta(days=cfg.release.expiry_days)))
-        state.record(f"{name}/seal", seal_key, {"bundle": str(bundle_dir)})
-        o.steps["seal"] = "ran"
-    o.bundle = str(bundle_dir)
+    def build(self, profile: TargetProfile, art_dir: Path) -> str:
+        """Build and gate the artifact into ``art_dir``; return the build's content key."""
+        from ..pipeline import BuildOptions, build
 
-    check_key = content_key("device-check", seal_key, tree_key(bundle_dir.rglob("*")))
-    cached = state.done(f"{name}/device-check", check_key)
-    if cached is not None:
-        o.device_check, o.steps["device-check"] = cached, "skipped (unchanged)"
-    else:
-        o.device_check = _device_check(cfg, bundle_dir, art, dicom_file, say, target,
-                                       verify_as_device)
-        state.record(f"{name}/device-check", check_key, o.device_check)
-        o.steps["device-check"] = "ran"
-    if not o.device_check.get("ok"):
-        raise_from = o.device_check.get("error") or {}
+        cfg, s = self.s.cfg, self.s
+        gate = profile.gate.model_copy(update={k: v for k, v in cfg.gate.model_dump().items()
+                                               if v is not None})
+        key = content_key("build", s.src.sha256, s.data_key, profile.sha256, gate.model_dump(),
+                          list(s.labels), s.spec.to_dict(), list(cfg.model.input))
+
+        def run() -> dict[str, str]:
+            build(s.src.module if s.src.kind == "torch" else s.src.onnx_path,
+                  input_shape=cfg.model.input, calibration=s.calib_x, validation=s.validation,
+                  target=profile, out=art_dir, labels=s.labels, preprocess=s.spec, gate=gate,
+                  options=BuildOptions(seed=cfg.data.seed),
+                  progress=lambda m: s.say(f"{self.target}: {m}"))
+            return {"artifact": str(art_dir)}
+
+        self.step("build", key, run, outputs=[art_dir / "artifact.json"], forget=True,
+                  say_skipped=True)
+        return key
+
+    def seal(self, build_key: str, art_dir: Path) -> tuple[Path, str]:
+        """Seal the artifact for the configured devices; return the bundle and its key."""
+        from ..bundle import Recipient, SealOptions, seal
+
+        cfg = self.s.cfg
+        rel = cfg.release
+        devices = [Recipient.load(str(cfg.path(d))) for d in cfg.signing.devices]
+        bundle_dir = self.s.out / "bundles" / f"{rel.family}-{self.name}-{rel.version}"
+        pub = cfg.path(cfg.signing.publisher_pub)
+        key = content_key("seal", build_key, tree_key(art_dir.rglob("*")),
+                          rel.model_dump(mode="json"), [d.fingerprint for d in devices],
+                          Path(pub).read_bytes().decode())  # type: ignore[arg-type]
+
+        def run() -> dict[str, str]:
+            self.s.say(f"{self.target}: sealing for {len(devices)} device(s)")
+            env = cfg.signing.passphrase_env
+            seal(art_dir, bundle_dir, publisher_key=cfg.path(cfg.signing.publisher_key),
+                 publisher_key_password=os.environ.get(env) if env else None, recipients=devices,
+                 overwrite=True,
+                 options=SealOptions(family=f"{rel.family}-{self.name}", release=rel.counter,
+                                     version=rel.version, hardware_ids=rel.hardware_ids,
+                                     expires=datetime.now(timezone.utc)
+                                     + timedelta(days=rel.expiry_days)))
+            return {"bundle": str(bundle_dir)}
+
+        self.step("seal", key, run, outputs=[bundle_dir / "bundle.json"])
+        return bundle_dir, key
+
+    def device_check(self, seal_key: str, bundle_dir: Path, art: Any) -> str:
+        """Open the bundle as a device would; return the check's key. Raises BundleError when
+        it does not open or its outputs differ from the build's."""
         from ..errors import BundleError
 
-        raise BundleError(f"{target}: the bundle does not open as a device would",
-                          found=str(raise_from.get("message") or o.device_check)[:400],
-                          code="device-check-failed")
+        key = content_key("device-check", seal_key, tree_key(bundle_dir.rglob("*")))
+        self.o.device_check = self.step("device-check", key,
+                                        lambda: self._check(bundle_dir, art))
+        if not self.o.device_check.get("ok"):
+            error = self.o.device_check.get("error") or {}
+            raise BundleError(f"{self.target}: the bundle does not open as a device would",
+                              found=str(error.get("message") or self.o.device_check)[:400],
+                              code="device-check-failed")
+        return key
 
-    match, why = host_matches(profile)
-    if not cfg.bench.enabled or not match:
-        o.latency = f"unmeasured: {why if not match else 'benchmarks disabled'}"
-        o.steps["bench"] = "not run"
-    else:
-        bench_key = content_key("bench", check_key, cfg.bench.model_dump())
-        cached = state.done(f"{name}/bench", bench_key, [tdir / "bench.json"])
-        if cached is not None:
-            o.latency, o.steps["bench"] = cached, "skipped (unchanged)"
-        else:
-            o.latency = _bench(cfg, bundle_dir, art_dir, dicom_file, tdir, say, target)
-            state.record(f"{name}/bench", bench_key, o.latency)
-            o.steps["bench"] = "ran"
+    def _check(self, bundle_dir: Path, art: Any) -> dict[str, Any]:
+        from edgemed_runtime.api import open_artifact
+        from edgemed_runtime.bundle import verify_bundle
 
-    reg = Registry(out / "registry.sqlite")
-    try:
-        entry = reg.add(bundle_dir, trust=pub)
-        o.registry = {"bundle_id": entry.bundle_id, "family": entry.family, "release": entry.release}
-    except EdgemedError as exc:
-        if exc.code != "release-exists":
-            raise
-        o.registry = {"note": exc.message}
-    o.steps["register"] = "ran"
-    o.status = "fallback-fp32" if sel.get("status") == "fallback-fp32" else "released"
+        from .device_check import verify_as_device
 
+        cfg, say, dicom_file = self.s.cfg, self.s.say, self.s.dicom_file
+        pub = cfg.path(cfg.signing.publisher_pub)
+        key = cfg.path(cfg.signing.verify_device_key)
+        if key is None:
+            say(f"{self.target}: verifying the signature (no device key given: not decrypted)")
+            verify_bundle(bundle_dir, trust=pub, require_hardware=False)
+            return {"ok": True, "mode": "signature and manifest only (no verify_device_key)"}
+        say(f"{self.target}: opening the bundle as a device (fresh process, runtime only)")
+        res = verify_as_device(bundle_dir, pub, key, dicom_file)  # type: ignore[arg-type]
+        if res.get("ok"):
+            with open_artifact(art) as sess:
+                ref = sess.predict(str(dicom_file))[0]
+            res["max_abs_diff_vs_build"] = float(np.max(np.abs(np.asarray(res["probabilities"]) - ref)))
+            res["ok"] = res["max_abs_diff_vs_build"] <= 1e-4 and not res["leaked_modules"]
+            res["mode"] = "decrypted and ran in a runtime-only process"
+        return res
 
-def _device_check(cfg: ReleaseConfig, bundle_dir: Path, art: Any, dicom_file: Path, say: Say,
-                  target: str, verify_as_device: Any) -> dict[str, Any]:
-    from edgemed_runtime.api import open_artifact
-    from edgemed_runtime.bundle import verify_bundle
+    def bench(self, profile: TargetProfile, check_key: str, bundle_dir: Path, tdir: Path) -> None:
+        """Benchmark the bundle when enabled and this host stands in for the target."""
+        from ..targets import host_matches
 
-    pub = cfg.path(cfg.signing.publisher_pub)
-    key = cfg.path(cfg.signing.verify_device_key)
-    if key is None:
-        say(f"{target}: verifying the signature (no device key given: not decrypted)")
-        verify_bundle(bundle_dir, trust=pub, require_hardware=False)
-        return {"ok": True, "mode": "signature and manifest only (no verify_device_key)"}
-    say(f"{target}: opening the bundle as a device (fresh process, runtime only)")
-    res = verify_as_device(bundle_dir, pub, key, dicom_file)  # type: ignore[arg-type]
-    if res.get("ok"):
-        with open_artifact(art) as sess:
-            ref = sess.predict(str(dicom_file))[0]
-        res["max_abs_diff_vs_build"] = float(np.max(np.abs(np.asarray(res["probabilities"]) - ref)))
-        res["ok"] = res["max_abs_diff_vs_build"] <= 1e-4 and not res["leaked_modules"]
-        res["mode"] = "decrypted and ran in a runtime-only process"
-    return res
+        cfg = self.s.cfg
+        match, why = host_matches(profile)
+        if not cfg.bench.enabled or not match:
+            self.o.latency = f"unmeasured: {why if not match else 'benchmarks disabled'}"
+            self.o.steps["bench"] = "not run"
+            return
+        key = content_key("bench", check_key, cfg.bench.model_dump())
+        self.o.latency = self.step("bench", key, lambda: self._bench(bundle_dir, tdir),
+                                   outputs=[tdir / "bench.json"])
 
+    def _bench(self, bundle_dir: Path, tdir: Path) -> dict[str, Any]:
+        import tempfile
 
-def _bench(cfg: ReleaseConfig, bundle_dir: Path, art_dir: Path, dicom_file: Path, tdir: Path,
-           say: Say, target: str) -> dict[str, Any]:
-    from ..bench.api import bench
-    from ..bench.runner import BenchConfig
+        from ..bench.api import bench
+        from ..bench.runner import BenchConfig
 
-    import tempfile
+        cfg, target = self.s.cfg, self.target
+        self.s.say(f"{target}: benchmarking the bundle on this host")
+        ref = tdir / "artifact" / "reference" / "model.onnx"
+        # the benchmark opens the bundle as the device would, with a throwaway rollback state:
+        # measuring must never mark a release as accepted on this machine
+        state = tempfile.mkdtemp(prefix="edgemed-bench-state-")
+        res = bench(bundle_dir, bundle_args={"state_dir": state}, trust=cfg.path(cfg.signing.publisher_pub),
+                    device_key=cfg.path(cfg.signing.verify_device_key) if cfg.signing.verify_device_key else None,
+                    reference=ref if ref.is_file() else None, dicom=self.s.dicom_file, target=target,
+                    config=BenchConfig(runs=cfg.bench.runs, warmup=5, processes=cfg.bench.processes,
+                                       cold_processes=1),
+                    ceilings=False, progress=lambda m: self.s.say(f"{target}: {m}"))
+        shutil.rmtree(state, ignore_errors=True)
+        res.save(tdir / "bench.json")
+        summary: dict[str, Any] = {}
+        for name, c in res.data.get("candidates", {}).items():
+            lat = c.get("latency_ms") or {}
+            summary[name] = {k: c.get(k) for k in ("ratio", "cold_start_ms", "end_to_end_ms")
+                             if c.get(k) is not None}
+            summary[name]["p50_ms"] = lat.get("p50")
+        return {"candidates": summary, "budget": res.data.get("budget")}
 
-    say(f"{target}: benchmarking the bundle on this host")
-    ref = art_dir / "reference" / "model.onnx"
-    # the benchmark opens the bundle as the device would, with a throwaway rollback state:
-    # measuring must never mark a release as accepted on this machine
-    state = tempfile.mkdtemp(prefix="edgemed-bench-state-")
-    res = bench(bundle_dir, bundle_args={"state_dir": state}, trust=cfg.path(cfg.signing.publisher_pub),
-                device_key=cfg.path(cfg.signing.verify_device_key) if cfg.signing.verify_device_key else None,
-                reference=ref if ref.is_file() else None, dicom=dicom_file, target=target,
-                config=BenchConfig(runs=cfg.bench.runs, warmup=5, processes=cfg.bench.processes,
-                                   cold_processes=1),
-                ceilings=False, progress=lambda m: say(f"{target}: {m}"))
-    shutil.rmtree(state, ignore_errors=True)
-    res.save(tdir / "bench.json")
-    cands = res.data.get("candidates", {})
-    summary: dict[str, Any] = {}
-    for name, c in cands.items():
-        lat = c.get("latency_ms") or {}
-        summary[name] = {k: c.get(k) for k in ("ratio", "cold_start_ms", "end_to_end_ms")
-                         if c.get(k) is not None}
-        summary[name]["p50_ms"] = lat.get("p50")
-    return {"candidates": summary, "budget": res.data.get("budget")}
+    def register(self, bundle_dir: Path) -> None:
+        """Add the bundle to the release registry (a release already there is noted)."""
+        from ..bundle import Registry
+
+        cfg = self.s.cfg
+        reg = Registry(self.s.out / "registry.sqlite")
+        try:
+            entry = reg.add(bundle_dir, trust=cfg.path(cfg.signing.publisher_pub))
+            self.o.registry = {"bundle_id": entry.bundle_id, "family": entry.family,
+                               "release": entry.release}
+        except EdgemedError as exc:
+            if exc.code != "release-exists":
+                raise
+            self.o.registry = {"note": exc.message}
+        self.o.steps["register"] = "ran"
