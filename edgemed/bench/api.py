@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -206,89 +206,136 @@ def bench(
         from ..targets import load_target
 
         load_target(target)  # an unknown or invalid profile fails before any measuring
-    say = progress or (lambda m: None)
-    notes: dict[str, str] = {}
-    skipped: dict[str, str] = {}
-    work = temp_workdir()
+    b = _Bench(cfg=cfg, say=progress or (lambda m: None), work=temp_workdir(), calib=calib,
+               check_samples=check_samples)
     try:
-        src_text = str(source)
-        built_from = None
-        if looks_like_model_spec(src_text):
-            from edgemed_runtime.preprocess import PreprocessSpec
+        src_text, built_from = b.model(str(source), input_shape, target)
+        primary, cands = b.candidates(src_text, compare, backends,
+                                      _open_args(trust, device_key, bundle_args))
+        data = b.data(primary.preprocess, primary.sample_shape)
+        dicom_path = b.dicom_file(dicom, data)
+        ref = Path(reference) if reference else primary.reference
+        cands = unique_names([_macs(c, ref, b.notes) for c in cands + b.peers(ref, data, peers)])
+        doc = b.measure(cands, source=str(source), built_from=built_from, primary=primary,
+                        data=data, dicom_path=dicom_path, ceilings=ceilings)
+        doc["budget"] = _budget(target or primary.target, target is not None,
+                                doc["candidates"]["edgemed"])
+        return BenchResult(doc)
+    finally:
+        shutil.rmtree(b.work, ignore_errors=True)
 
-            shape = tuple(int(d) for d in input_shape)
-            spec0 = PreprocessSpec(size=shape[-2:], channels=shape[1] if shape[1] in (1, 3) else 1)
-            data0 = _data(calib, spec0, shape[1:], work, check_samples)
-            say(f"building {src_text} for {target or 'cpu-x86'}")
-            src_text = str(build_source(src_text, input_shape=shape, target=target or "cpu-x86",
-                                        calib=data0.calib, progress=say))
-            built_from = str(source)
-        open_args = {k: str(v) for k, v in (("trust", trust), ("device_key", device_key)) if v}
-        open_args.update({k: (str(v) if isinstance(v, os.PathLike) else v)
-                          for k, v in (bundle_args or {}).items()})
-        primary = resolve(src_text, name="edgemed", role="edgemed", threads=cfg.threads,
+
+def _open_args(trust: Any, device_key: Any, bundle_args: dict[str, Any] | None) -> dict[str, Any]:
+    """``edgemed_runtime.open`` arguments for bundles (paths as strings: they cross processes)."""
+    open_args = {k: str(v) for k, v in (("trust", trust), ("device_key", device_key)) if v}
+    open_args.update({k: (str(v) if isinstance(v, os.PathLike) else v)
+                      for k, v in (bundle_args or {}).items()})
+    return open_args
+
+
+@dataclass(kw_only=True)
+class _Bench:
+    """One benchmark: its settings, and the notes and skipped candidates gathered on the way."""
+
+    cfg: BenchConfig
+    say: Callable[[str], None]
+    work: Path
+    calib: Any
+    check_samples: int
+    notes: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def data(self, spec: Any, sample_shape: Sequence[int]) -> BenchData:
+        return _data(self.calib, spec, sample_shape, self.work, self.check_samples)
+
+    def model(self, source: str, input_shape: Sequence[int], target: str | None
+              ) -> tuple[str, str | None]:
+        """``source``, or the artifact built from it when it is a model spec (and the spec)."""
+        if not looks_like_model_spec(source):
+            return source, None
+        from edgemed_runtime.preprocess import PreprocessSpec
+
+        shape = tuple(int(d) for d in input_shape)
+        spec0 = PreprocessSpec(size=shape[-2:], channels=shape[1] if shape[1] in (1, 3) else 1)
+        data0 = self.data(spec0, shape[1:])
+        self.say(f"building {source} for {target or 'cpu-x86'}")
+        return str(build_source(source, input_shape=shape, target=target or "cpu-x86",
+                                calib=data0.calib, progress=self.say)), source
+
+    def candidates(self, source: str, compare: Sequence[Any], backends: Sequence[str],
+                   open_args: dict[str, Any]) -> tuple[Source, list[Candidate]]:
+        """The primary source, then ``compare``'s and the primary on other ``backends``."""
+        threads = self.cfg.threads
+        primary = resolve(source, name="edgemed", role="edgemed", threads=threads,
                           open_args=open_args)
         sources: list[Source] = [primary]
         for i, other in enumerate(compare):
             given, other = other if isinstance(other, tuple) else (None, other)
-            s = resolve(str(other), name=f"compare{i + 1}", role="other", threads=cfg.threads,
+            s = resolve(str(other), name=f"compare{i + 1}", role="other", threads=threads,
                         open_args=open_args, e2e=False)
             nm = given or ((s.target or Path(str(other)).stem) if s.artifact is not None
                            else Path(str(other)).stem)
             sources.append(replace(s, candidate=replace(s.candidate, name=nm)))
         cands = [s.candidate for s in sources]
-        cands += _backend_candidates(primary, backends, skipped)
-        data = _data(calib, primary.preprocess, primary.sample_shape, work, check_samples)
-        dicom_path = None
+        return primary, cands + _backend_candidates(primary, backends, self.skipped)
+
+    def dicom_file(self, dicom: str | os.PathLike[str] | None, data: BenchData) -> Path | None:
+        """The DICOM file for the end-to-end figure (None: not measured)."""
         if dicom == "synthetic":
-            dicom_path = data.dicom
-            if dicom_path is None:
-                notes["end-to-end"] = "no DICOM file: the synthetic set does not fit this model"
-        elif dicom is not None:
-            dicom_path = Path(dicom)
-            if not dicom_path.is_file():
-                raise InvalidInputError("DICOM file not found", found=str(dicom_path),
-                                        code="not-found")
-        ref = Path(reference) if reference else primary.reference
+            if data.dicom is None:
+                self.notes["end-to-end"] = ("no DICOM file: the synthetic set does not fit "
+                                            "this model")
+            return data.dicom
+        if dicom is None:
+            return None
+        path = Path(dicom)
+        if not path.is_file():
+            raise InvalidInputError("DICOM file not found", found=str(path), code="not-found")
+        return path
+
+    def peers(self, ref: Path | None, data: BenchData, peers: bool) -> list[Candidate]:
+        """ORT FP32 from ``ref`` (and with ``peers`` the other peer recipes)."""
         if ref is not None:
             from .peers import PEERS, build_peers
 
             which = PEERS if peers else ("ort-fp32",)
-            ps = build_peers(ref, data.calib, threads=cfg.threads, which=which, progress=say)
-            cands += list(ps.candidates)
-            skipped.update(ps.skipped)
-        elif peers:
+            ps = build_peers(ref, data.calib, threads=self.cfg.threads, which=which,
+                             progress=self.say)
+            self.skipped.update(ps.skipped)
+            return list(ps.candidates)
+        if peers:
             for p in ("ort-fp32", "ort-quantize_static", "nncf+openvino"):
-                skipped[p] = "no FP32 reference model (pass --reference model.onnx)"
-        cands = unique_names([_macs(c, ref, notes) for c in cands])
-        ceil = None
+                self.skipped[p] = "no FP32 reference model (pass --reference model.onnx)"
+        return []
+
+    def measure(self, cands: list[Candidate], *, source: str, built_from: str | None,
+                primary: Source, data: BenchData, dicom_path: Path | None,
+                ceilings: bool) -> dict[str, Any]:
+        """Time ``cands`` in fresh processes; the result document (but the budget)."""
+        cfg, ceil = self.cfg, None
         if ceilings:
             from .ceiling import get_ceilings
 
-            say("GEMM ceilings of this machine")
+            self.say("GEMM ceilings of this machine")
             ceil = get_ceilings(cfg.threads)
         baseline = "ort-fp32" if any(c.name == "ort-fp32" for c in cands) else cands[0].name
         m, load = run_measurements(cands, cfg, sample_shape=primary.sample_shape,
                                    preprocess=primary.preprocess.to_dict(), check=data.check,
-                                   dicom=dicom_path, progress=say, in_run_ceiling=ceilings)
+                                   dicom=dicom_path, progress=self.say, in_run_ceiling=ceilings)
         summary = summarize(cands, m, cfg, baseline=baseline, ceilings=ceil)
         doc: dict[str, Any] = {
             **header(), **summary,
-            "source": str(source), "built_from": built_from,
+            "source": source, "built_from": built_from,
             "artifact": str(primary.artifact.path) if primary.artifact else None,
             "config": {**cfg.__dict__, "batch_sizes": list(cfg.batch_sizes)},
             "data": {"origin": data.origin, "calib_samples": int(len(data.calib)),
                      "check_samples": int(len(data.check)),
                      "dicom": str(dicom_path) if dicom_path else None},
             "ceilings": ceil.to_dict() if ceil else None, "load": load,
-            "skipped": skipped, "notes": {**notes, **m.notes},
+            "skipped": self.skipped, "notes": {**self.notes, **m.notes},
         }
         doc["ratio_table"] = ratio_table(doc)
-        doc["budget"] = _budget(target or primary.target, target is not None,
-                                doc["candidates"]["edgemed"])
-        return BenchResult(doc)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        return doc
 
 
 def _data(calib: Any, spec: Any, sample_shape: Sequence[int], work: Path, n_check: int) -> BenchData:
