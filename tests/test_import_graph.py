@@ -1,4 +1,4 @@
-"""The module import graph of ``edgemed_runtime`` has no cycle.
+"""The module import graphs of ``edgemed`` and of ``edgemed_runtime`` have no cycle.
 
 Built from the source files (no import is executed): every ``import`` / ``from ... import``
 anywhere in a module, inside functions too, relative imports resolved; importing ``a.b.c`` also
@@ -14,15 +14,17 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
 PKG = "edgemed_runtime"
-ROOT = Path(__file__).resolve().parents[1] / "runtimes" / PKG
+ROOT = REPO / "runtimes" / PKG
+PACKAGES = {"edgemed": REPO / "edgemed", PKG: ROOT}  # package name -> its folder
 
 
-def _modules() -> dict[str, tuple[Path, bool]]:
-    """``{dotted name: (source file, is a package)}`` of every module of the package."""
+def _modules(pkg: str, root: Path) -> dict[str, tuple[Path, bool]]:
+    """``{dotted name: (source file, is a package)}`` of every module of package ``pkg``."""
     out = {}
-    for path in sorted(ROOT.rglob("*.py")):
-        parts = [PKG, *path.relative_to(ROOT).with_suffix("").parts]
+    for path in sorted(root.rglob("*.py")):
+        parts = [pkg, *path.relative_to(root).with_suffix("").parts]
         is_pkg = parts[-1] == "__init__"
         out[".".join(parts[:-1] if is_pkg else parts)] = (path, is_pkg)
     return out
@@ -59,16 +61,16 @@ def _targets(node: ast.Import | ast.ImportFrom, package: str, modules: set[str])
     return [mod, *(f"{mod}.{a.name}" for a in node.names if f"{mod}.{a.name}" in modules)]
 
 
-def import_graph() -> dict[str, set[str]]:
-    """``{module: modules of edgemed_runtime it imports}``."""
-    modules = _modules()
+def import_graph(pkg: str = PKG) -> dict[str, set[str]]:
+    """``{module: modules of package pkg it imports}``."""
+    modules = _modules(pkg, PACKAGES[pkg])
     graph: dict[str, set[str]] = {}
     for name, (path, is_pkg) in modules.items():
         package = name if is_pkg else name.rpartition(".")[0]
         edges: set[str] = set()
         for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
             for target in _targets(node, package, set(modules)):
-                if target != PKG and not target.startswith(PKG + "."):
+                if target != pkg and not target.startswith(pkg + "."):
                     continue
                 while target not in modules:  # a name from a module: the module
                     target = target.rpartition(".")[0]
@@ -107,6 +109,8 @@ def test_the_graph_sees_function_level_and_relative_imports() -> None:
     # api.open imports the bundle layer inside a function, relatively; and its package
     assert {f"{PKG}.bundle.container", f"{PKG}.bundle"} <= graph[f"{PKG}.api"]
     assert f"{PKG}.backends.tensorrt.recipe" in graph[f"{PKG}.backends.tensorrt.backend"]
+    # the SDK's demo imports the bench timing inside a function, relatively; and its package
+    assert {"edgemed.bench.timing", "edgemed.bench"} <= import_graph("edgemed")["edgemed.demo"]
 
 
 def test_find_cycle_reports_the_cycle() -> None:
@@ -118,7 +122,8 @@ def test_memory_helpers_import_nothing_of_the_package() -> None:
     assert import_graph()[f"{PKG}._memory"] == set()
 
 
-def test_no_import_cycle_in_edgemed_runtime() -> None:
-    cycle = find_cycle(import_graph())
+@pytest.mark.parametrize("pkg", sorted(PACKAGES))
+def test_no_import_cycle(pkg: str) -> None:
+    cycle = find_cycle(import_graph(pkg))
     if cycle is not None:
         pytest.fail("import cycle: " + " -> ".join(cycle))
