@@ -122,9 +122,9 @@ def read_dataset(
         check_preamble(head)
         meta = _file_meta(f)
         if meta is not None and _transfer_syntax(meta) == DEFLATED:
-            ds, size = _parse(lambda: _read_deflated(f, str(p), head[:128], meta,
-                                                     stop_before_pixels, max_inflated_bytes,
-                                                     header_allowance))
+            ds, size = _parse(lambda: _read_deflated(
+                f, str(p), head[:128], meta, stop_before_pixels,
+                max_bytes=max_inflated_bytes, allowance=header_allowance))
         del meta
     if ds is None:
         ds = _parse(lambda: _dcmread(p, stop_before_pixels))
@@ -185,7 +185,7 @@ def _transfer_syntax(meta: "FileMetaDataset") -> str:
 
 
 def _read_deflated(f: BinaryIO, name: str, preamble: bytes, meta: "FileMetaDataset",
-                   stop_before_pixels: bool, max_bytes: int,
+                   stop_before_pixels: bool, *, max_bytes: int,
                    allowance: int) -> tuple["FileDataset", int]:
     """The dataset after ``f``'s position, inflated within the budget (``deflate.inflate``),
     and its inflated size."""
