@@ -45,6 +45,7 @@ def load_target(name_or_path: str | os.PathLike[str]) -> "TargetProfile":
     return _load(name_or_path)
 
 
+# the stable API (docs/api.md); every other name of the package is private
 __all__ = [
     "Artifact", "CalibrationError", "EdgemedError", "ExportError", "GateError", "IOSpec",
     "InvalidInputError", "PreprocessSpec", "ProfileError", "Session", "build", "errors",

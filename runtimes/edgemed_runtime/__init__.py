@@ -11,8 +11,9 @@ import os
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-from .api import open, open_artifact  # noqa: E402
+from .api import is_bundle, open, open_artifact  # noqa: E402
 from .artifact import Artifact  # noqa: E402
+from .backends import Backend, BackendSession, register_backend  # noqa: E402
 from .errors import (  # noqa: E402
     BackendError,
     BundleError,
@@ -31,9 +32,11 @@ from .session import Session, TensorInfo  # noqa: E402
 
 __version__ = "0.1.0"
 
+# the stable API (docs/api.md); every other name of the package is private
 __all__ = [
-    "Artifact", "BackendError", "BundleError", "DeviceMismatchError", "EdgemedError",
-    "ExpiredError", "IOSpec", "IntegrityError", "InvalidInputError", "MissingDependencyError",
-    "PreprocessSpec", "ProfileError", "RollbackError", "Session", "TensorInfo", "open",
-    "open_artifact", "__version__",
+    "Artifact", "Backend", "BackendError", "BackendSession", "BundleError",
+    "DeviceMismatchError", "EdgemedError", "ExpiredError", "IOSpec", "IntegrityError",
+    "InvalidInputError", "MissingDependencyError", "PreprocessSpec", "ProfileError",
+    "RollbackError", "Session", "TensorInfo", "is_bundle", "open", "open_artifact",
+    "register_backend", "__version__",
 ]
