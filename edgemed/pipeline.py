@@ -507,10 +507,12 @@ class _Build:
         timings = _time_variants({n: self.results[n][0] for n in passing},
                                  None if base in passing else self.reference, val_x[:1],
                                  self.ctx.threads, opts.timing_runs, base)
-        base_p50 = timings[base]["p50"] if base in passing else None
+        # FP32 is the bar: the baseline's time, or the FP32 reference's when the baseline failed
+        base_p50 = (timings[base] if base in passing else timings.get("fp32-reference", {})
+                    ).get("p50")
         fast = [n for n in compressed if base_p50 is None or timings[n]["p50"] <= base_p50]
         slower = [n for n in compressed if n not in fast]
-        pool = fast or [n for n in passing if n == base]
+        pool = fast or [n for n in passing if n == base] or compressed
         best = min(timings[n]["p50"] for n in pool)
         # candidates within the tie tolerance of the fastest count as equally fast: the first in
         # the profile's order wins, so re-running a build does not flip on timing noise
@@ -520,6 +522,10 @@ class _Build:
                f"{opts.tie_tolerance:.0%} go to the profile's order")
         if slower:
             why += "; slower than FP32 here: " + _ratios(timings, slower)
+        if not fast and base not in passing:
+            why = (f"fastest compressed candidate; every one ran slower than the FP32 reference "
+                   f"({_ratios(timings, compressed)}) and the FP32 baseline failed the gate: "
+                   f"{self.reasons()}")
         if chosen != base:
             return chosen, why, timings, "compressed", ""
         fallback_why = ("no compressed candidate passed the gate" if not compressed else
@@ -550,6 +556,8 @@ class _Build:
         elif chosen == base and tried_compressed:
             status, fallback_why = "fallback-fp32", "no compressed candidate passed the gate"
             why = f"FP32 baseline ({fallback_why}: {self.reasons()}); {how}"
+        elif self.match and opts.select == "auto":
+            why = f"the only candidate of {len(self.results)} that passed the gate; {how}"
         else:
             why = f"the profile's declared default; {how}"
         if chosen == base and status == "compressed":

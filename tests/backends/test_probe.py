@@ -74,3 +74,52 @@ passes = [{ pass = "export_onnx" }, { pass = "quantize_onnxruntime", activation_
     assert sel["chosen"] in ("fine", "fp32-baseline") and sel["candidates"]["fine"]["passed"]
     boom = sel["candidates"]["boom"]
     assert boom["passed"] is False and "backend-crashed" in boom["reasons"][0]
+
+
+def test_a_crashing_fp32_baseline_still_bars_slower_candidates(crashing: str, tmp_path: Path,
+                                                               trained_tiny: Any,
+                                                               synthetic_dir: Path,
+                                                               spec16: Any) -> None:
+    """The baseline fails its gate (its backend crashes): the FP32 reference's time is the bar."""
+    import torch
+
+    import edgemed
+
+    def int8(extra: str = "") -> str:
+        return ('passes = [{ pass = "export_onnx" }, { pass = "quantize_onnxruntime", '
+                f'activation_type = "uint8", weight_type = "int8", reduce_range = true{extra} }}]')
+
+    profile = tmp_path / "crashy-base.toml"
+    profile.write_text(f'''
+name = "crashy-base"
+default_variant = "a"
+[host]
+arch = ["x86_64", "AMD64", "aarch64", "arm64"]
+[runtime]
+threads = 2
+[[variants]]
+name = "a"
+backend = "onnxruntime"
+{int8()}
+[[variants]]
+name = "b"
+backend = "onnxruntime"
+{int8(', per_channel = false')}
+[[variants]]
+name = "fp32"
+backend = "crashing"
+baseline = true
+passes = [{{ pass = "export_onnx" }}]
+''')
+    art = edgemed.build(trained_tiny, torch.zeros(1, 1, 16, 16), calibration=synthetic_dir,
+                        validation=synthetic_dir, target=profile, out=tmp_path / "out",
+                        labels=("no_lesion", "lesion"), preprocess=spec16)
+    sel = art.provenance[-1]
+    assert not sel["candidates"]["fp32"]["passed"]
+    assert sel["chosen"] in ("a", "b") and sel["status"] == "compressed"
+    t = sel["timings_ms"]
+    assert "fp32-reference" in t and "fp32" not in t
+    if min(t["a"]["p50"], t["b"]["p50"]) > t["fp32-reference"]["p50"]:
+        assert "slower than the FP32 reference" in sel["why"]
+    else:
+        assert t[sel["chosen"]]["p50"] <= t["fp32-reference"]["p50"]
