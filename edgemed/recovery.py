@@ -150,6 +150,160 @@ def _load(ckdir: Path, hparams: dict[str, Any]) -> dict[str, Any] | None:
                                 code="bad-checkpoint") from None
 
 
+@dataclass
+class _Run:
+    """One fine-tuning run: its data and plan, the best weights so far, the current optimizer."""
+
+    model: Any
+    cfg: FinetuneConfig
+    teacher: Any
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+    heads: list[tuple[str, Any]]
+    plan: list[tuple[str, int, float]]  # (phase, epoch in phase, learning rate) per step
+    hparams: dict[str, Any]
+    ckdir: Path | None
+    masks: dict[str, Any] = field(default_factory=dict)
+    result: FinetuneResult = field(default_factory=FinetuneResult)
+    best_state: dict[str, Any] = field(default_factory=dict)
+    best: float = float("nan")
+    bad: int = 0
+    opt: Any = None
+    sched: Any = None
+
+    @classmethod
+    def start(cls, model: Any, train: tuple[np.ndarray, np.ndarray],
+              val: tuple[np.ndarray, np.ndarray], cfg: FinetuneConfig, *, teacher: Any,
+              checkpoint_dir: str | os.PathLike[str] | None) -> "_Run":
+        """Checked data, the head, the sparsity masks, the step plan; the checkpoint folder."""
+        x, y = as_xy(train, "train")
+        vx, vy = as_xy(val, "val")
+        heads = head_modules(model, cfg.head)
+        masks = {}
+        if cfg.keep_sparsity:
+            for name, m in prunable_layers(model):
+                w = m.weight.detach()
+                if (w == 0).any():
+                    masks[name] = (w != 0).to(w.dtype)
+        phases = [("head", cfg.head_epochs, cfg.lr), ("full", cfg.epochs, cfg.full_lr)]
+        hparams = {"config": cfg.model_dump(mode="json"), "model": _signature(model),
+                   "n_train": int(len(y)), "n_val": int(len(vy)),
+                   "teacher": teacher is not None}
+        ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if ckdir is not None:
+            ckdir.mkdir(parents=True, exist_ok=True)
+        return cls(model, cfg, teacher, (x, y), (vx, vy), heads,
+                   [(ph, e, lr) for ph, n, lr in phases for e in range(n)], hparams, ckdir, masks)
+
+    def resume(self, state: dict[str, Any] | None) -> int:
+        """Take the starting weights as the best, or the checkpoint's state; the first step."""
+        self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.best = evaluate(self.model, *self.val, self.cfg.metric)
+        self.result.best_metric, start = self.best, 0
+        if state is None:
+            return start
+        self.model.load_state_dict(state["model"])
+        self.best_state = state["best"]
+        self.best, self.bad = float(state["best_metric"]), int(state["bad"])
+        start = int(state["step"]) + 1
+        self.result.history = list(json.loads(state["history"]))
+        self.result.best_epoch, self.result.best_metric = int(state["best_epoch"]), self.best
+        self.result.resumed_from = int(state["step"])
+        if state.get("stopped"):
+            start = len(self.plan)
+            self.result.stopped_early = True
+        return start
+
+    def enter_phase(self, phase: str, epoch: int, lr: float,
+                    state: dict[str, Any] | None) -> None:
+        """Freeze for ``phase``, a fresh optimizer and schedule, moved to ``epoch`` on resume."""
+        import torch
+
+        n_in_phase = self.cfg.head_epochs if phase == "head" else self.cfg.epochs
+        head_params = {id(p) for _, m in self.heads for p in m.parameters()}
+        for p in self.model.parameters():
+            p.requires_grad_(phase == "full" or id(p) in head_params)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=self.cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, n_in_phase))
+        with warnings.catch_warnings():  # resuming mid-phase: put the schedule where it was
+            warnings.simplefilter("ignore")
+            for _ in range(epoch):
+                self.sched.step()
+        if state is not None and state.get("phase") == phase and state.get("optimizer"):
+            self.opt.load_state_dict(state["optimizer"])
+
+    def loss(self, xb: Any, yb: Any) -> Any:
+        """Cross-entropy of one batch, mixed with distillation from the teacher if there is one."""
+        import torch
+        import torch.nn.functional as F
+
+        logits = self.model(xb)
+        loss = F.cross_entropy(logits, yb)
+        cfg = self.cfg
+        if self.teacher is not None and cfg.distill > 0:
+            with torch.no_grad():
+                t_logits = self.teacher(xb)
+            t = cfg.temperature
+            kd = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(t_logits / t, 1),
+                          reduction="batchmean") * t * t
+            loss = (1 - cfg.distill) * loss + cfg.distill * kd
+        return loss
+
+    def train_epoch(self, step: int, phase: str, xt: Any, yt: Any) -> float:
+        """One epoch over the training set (pruned weights kept zero); its summed loss."""
+        import torch
+
+        cfg, model = self.cfg, self.model
+        rng = np.random.default_rng([cfg.seed, step])
+        torch.manual_seed(cfg.seed * 1000 + step)
+        model.train()
+        if phase == "head":  # frozen backbone: keep its BatchNorm statistics too
+            model.eval()
+            for _, m in self.heads:
+                m.train()
+        layers = dict(model.named_modules())
+        loss_sum = 0.0
+        for xb, yb in minibatches(xt, yt, cfg.batch_size, rng, cfg.augment):
+            loss = self.loss(xb, yb)
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            if self.masks:
+                with torch.no_grad():
+                    for name, mask in self.masks.items():
+                        layers[name].weight.mul_(mask)
+            loss_sum += float(loss.detach()) * len(yb)
+        self.sched.step()
+        if cfg.recalibrate_bn and phase == "full":
+            recalibrate_bn(model, self.train[0], cfg.batch_size)
+        return loss_sum
+
+    def record(self, step: int, loss_sum: float) -> tuple[dict[str, Any], bool]:
+        """Validate, keep the best weights, write the checkpoint; the epoch's row and whether
+        to stop early."""
+        phase, epoch, lr = self.plan[step]
+        cfg, result = self.cfg, self.result
+        metric = evaluate(self.model, *self.val, cfg.metric)
+        row = {"step": step, "phase": phase, "epoch": epoch, "lr": lr,
+               "loss": loss_sum / len(self.train[0]), f"val_{cfg.metric}": metric}
+        result.history.append(row)
+        if np.isfinite(metric) and metric > self.best + cfg.min_delta:
+            self.best, self.bad = metric, 0
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            result.best_epoch, result.best_metric = step, metric
+        else:
+            self.bad += 1
+        stop = phase == "full" and self.bad >= cfg.patience
+        if self.ckdir is not None:
+            _save(self.ckdir, {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                               "phase": phase, "step": step, "best": self.best_state,
+                               "best_metric": self.best, "best_epoch": result.best_epoch,
+                               "bad": self.bad, "stopped": stop,
+                               "history": json.dumps(result.history)}, self.hparams)
+        return row, stop
+
+
 def finetune(
     model: Any,
     train: tuple[np.ndarray, np.ndarray],
@@ -174,117 +328,28 @@ def finetune(
         InvalidInputError: no head found, or a checkpoint from other hyperparameters.
     """
     import torch
-    import torch.nn.functional as F
 
-    x, y = as_xy(train, "train")
-    vx, vy = as_xy(val, "val")
-    heads = head_modules(model, cfg.head)
-    head_params = {id(p) for _, m in heads for p in m.parameters()}
-    masks = {}
-    if cfg.keep_sparsity:
-        for name, m in prunable_layers(model):
-            w = m.weight.detach()
-            if (w == 0).any():
-                masks[name] = (w != 0).to(w.dtype)
-    layers = dict(model.named_modules())
-    phases = [("head", cfg.head_epochs, cfg.lr), ("full", cfg.epochs, cfg.full_lr)]
-    plan = [(ph, e, lr) for ph, n, lr in phases for e in range(n)]
-    hparams = {"config": cfg.model_dump(mode="json"), "model": _signature(model),
-               "n_train": int(len(y)), "n_val": int(len(vy)),
-               "teacher": teacher is not None}
-    result = FinetuneResult()
-    state: dict[str, Any] | None = None
-    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if ckdir is not None:
-        ckdir.mkdir(parents=True, exist_ok=True)
-        state = _load(ckdir, hparams)
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    best = evaluate(model, vx, vy, cfg.metric)
-    result.best_metric, bad, start = best, 0, 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        best_state = state["best"]
-        best, bad, start = float(state["best_metric"]), int(state["bad"]), int(state["step"]) + 1
-        result.history = list(json.loads(state["history"]))
-        result.best_epoch, result.best_metric = int(state["best_epoch"]), best
-        result.resumed_from = int(state["step"])
-        if state.get("stopped"):
-            start = len(plan)
-            result.stopped_early = True
+    run = _Run.start(model, train, val, cfg, teacher=teacher, checkpoint_dir=checkpoint_dir)
+    state = _load(run.ckdir, run.hparams) if run.ckdir is not None else None
+    start = run.resume(state)
     if teacher is not None:
         teacher.eval()
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    opt = sched = None
+    xt, yt = torch.from_numpy(run.train[0]), torch.from_numpy(run.train[1])
     current_phase = None
-    for step in range(start, len(plan)):
-        phase, epoch, lr = plan[step]
-        n_in_phase = cfg.head_epochs if phase == "head" else cfg.epochs
+    for step in range(start, len(run.plan)):
+        phase, epoch, lr = run.plan[step]
         if phase != current_phase:
-            for p in model.parameters():
-                p.requires_grad_(phase == "full" or id(p) in head_params)
-            params = [p for p in model.parameters() if p.requires_grad]
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, n_in_phase))
-            with warnings.catch_warnings():  # resuming mid-phase: put the schedule where it was
-                warnings.simplefilter("ignore")
-                for _ in range(epoch):
-                    sched.step()
-            if state is not None and state.get("phase") == phase and state.get("optimizer"):
-                opt.load_state_dict(state["optimizer"])
+            run.enter_phase(phase, epoch, lr, state)
             current_phase = phase
-        rng = np.random.default_rng([cfg.seed, step])
-        torch.manual_seed(cfg.seed * 1000 + step)
-        model.train()
-        if phase == "head":  # frozen backbone: keep its BatchNorm statistics too
-            model.eval()
-            for _, m in heads:
-                m.train()
-        loss_sum = 0.0
-        for xb, yb in minibatches(xt, yt, cfg.batch_size, rng, cfg.augment):
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            if teacher is not None and cfg.distill > 0:
-                with torch.no_grad():
-                    t_logits = teacher(xb)
-                t = cfg.temperature
-                kd = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(t_logits / t, 1),
-                              reduction="batchmean") * t * t
-                loss = (1 - cfg.distill) * loss + cfg.distill * kd
-            opt.zero_grad()  # type: ignore[union-attr]
-            loss.backward()
-            opt.step()  # type: ignore[union-attr]
-            if masks:
-                with torch.no_grad():
-                    for name, mask in masks.items():
-                        layers[name].weight.mul_(mask)
-            loss_sum += float(loss.detach()) * len(yb)
-        sched.step()  # type: ignore[union-attr]
-        if cfg.recalibrate_bn and phase == "full":
-            recalibrate_bn(model, x, cfg.batch_size)
-        metric = evaluate(model, vx, vy, cfg.metric)
-        row = {"step": step, "phase": phase, "epoch": epoch, "lr": lr,
-               "loss": loss_sum / len(x), f"val_{cfg.metric}": metric}
-        result.history.append(row)
-        if np.isfinite(metric) and metric > best + cfg.min_delta:
-            best, bad = metric, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            result.best_epoch, result.best_metric = step, metric
-        else:
-            bad += 1
-        stop = phase == "full" and bad >= cfg.patience
-        if ckdir is not None:
-            _save(ckdir, {"model": model.state_dict(), "optimizer": opt.state_dict(),  # type: ignore[union-attr]
-                          "phase": phase, "step": step, "best": best_state, "best_metric": best,
-                          "best_epoch": result.best_epoch, "bad": bad, "stopped": stop,
-                          "history": json.dumps(result.history)}, hparams)
+        row, stop = run.record(step, run.train_epoch(step, phase, xt, yt))
         if on_epoch is not None:
             on_epoch(step, row)
         if stop:
-            result.stopped_early = True
+            run.result.stopped_early = True
             break
     for p in model.parameters():
         p.requires_grad_(True)
     if cfg.restore_best:
-        model.load_state_dict(best_state)
+        model.load_state_dict(run.best_state)
     model.eval()
-    return result
+    return run.result

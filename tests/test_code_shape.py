@@ -21,7 +21,6 @@ ALLOWED: dict[str, int] = {
     "edgemed/bundle/seal.py:seal": 89,
     "edgemed/demo.py:run_demo": 86,
     "edgemed/model.py:load_model": 86,
-    "edgemed/recovery.py:finetune": 138,
     "edgemed/search/study.py:run_search": 81,
 }
 
