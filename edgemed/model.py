@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from edgemed_runtime.util import sha256_file
+from edgemed_runtime.sdk import sha256_file
 
 from .errors import InvalidInputError
 
@@ -124,59 +124,77 @@ def load_model(
         )
     text = str(model)
     if text.startswith("monai:"):
-        tokens = shlex.split(text[len("monai:"):])
-        if not tokens:
-            raise InvalidInputError("no MONAI architecture named", found=text,
-                                    fix="e.g. monai:DenseNet121 spatial_dims=2 ...")
-        import monai.networks.nets as nets
-
-        cls = getattr(nets, tokens[0], None)
-        if cls is None:
-            raise InvalidInputError(
-                "unknown MONAI architecture", expected="a class of monai.networks.nets",
-                found=tokens[0], fix="e.g. DenseNet121, ResNet, EfficientNetBN",
-            )
-        kw = {**_parse_kwargs(tokens[1:]), **dict(kwargs or {})}
-        try:
-            module = cls(**kw)
-        except Exception as exc:
-            raise InvalidInputError(
-                f"cannot build monai {tokens[0]}", found=f"{type(exc).__name__}: {exc}"[:300],
-                fix="check the architecture's keyword arguments",
-            ) from None
-        return load_model(module, weights=weights)
+        return load_model(_monai_module(text, kwargs), weights=weights)
     path = Path(text)
     if path.suffix == ".onnx" or (path.exists() and path.is_file()):
-        if not path.is_file():
-            raise InvalidInputError("model file not found", found=str(path), code="not-found")
-        if path.suffix == ".onnx":
-            return ModelSource("onnx", path.name, sha256_file(path), onnx_path=path)
-        try:
-            module = torch.jit.load(str(path), map_location="cpu")
-        except Exception as exc:
-            raise InvalidInputError(
-                "file is not a model", expected="a TorchScript file or an .onnx file",
-                found=f"{path.name}: {type(exc).__name__}",
-                fix="export with torch.jit.script/trace, or pass 'module:factory' + --weights",
-                code="not-a-model",
-            ) from None
-        module.eval()
-        return ModelSource("torch", f"torchscript:{path.name}", sha256_file(path), module=module)
+        return _file_source(path)
     if ":" in text:
-        mod_name, _, attr = text.partition(":")
-        try:
-            factory = getattr(importlib.import_module(mod_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise InvalidInputError(
-                "cannot import the model factory", expected="'package.module:callable'",
-                found=f"{text}: {type(exc).__name__}: {exc}"[:300],
-                fix="make the module importable (pip install -e your package or set PYTHONPATH)",
-            ) from None
-        built = factory(**dict(kwargs or {})) if callable(factory) else factory
-        if not isinstance(built, torch.nn.Module):
-            raise InvalidInputError("factory did not return an nn.Module", found=type(built).__name__)
-        return load_model(built, weights=weights)
+        return load_model(_factory_module(text, kwargs), weights=weights)
     raise InvalidInputError(
         "model not found", expected="an existing file, 'module:factory' or 'monai:Arch'",
         found=text, code="not-found",
     )
+
+
+def _monai_module(text: str, kwargs: Mapping[str, Any] | None) -> Any:
+    """The ``monai.networks.nets`` model that ``"monai:Arch k=v ..."`` names, built."""
+    tokens = shlex.split(text[len("monai:"):])
+    if not tokens:
+        raise InvalidInputError("no MONAI architecture named", found=text,
+                                fix="e.g. monai:DenseNet121 spatial_dims=2 ...")
+    import monai.networks.nets as nets
+
+    cls = getattr(nets, tokens[0], None)
+    if cls is None:
+        raise InvalidInputError(
+            "unknown MONAI architecture", expected="a class of monai.networks.nets",
+            found=tokens[0], fix="e.g. DenseNet121, ResNet, EfficientNetBN",
+        )
+    kw = {**_parse_kwargs(tokens[1:]), **dict(kwargs or {})}
+    try:
+        return cls(**kw)
+    except Exception as exc:
+        raise InvalidInputError(
+            f"cannot build monai {tokens[0]}", found=f"{type(exc).__name__}: {exc}"[:300],
+            fix="check the architecture's keyword arguments",
+        ) from None
+
+
+def _file_source(path: Path) -> ModelSource:
+    """An ``.onnx`` file, or a TorchScript file loaded on the CPU in eval mode."""
+    import torch
+
+    if not path.is_file():
+        raise InvalidInputError("model file not found", found=str(path), code="not-found")
+    if path.suffix == ".onnx":
+        return ModelSource("onnx", path.name, sha256_file(path), onnx_path=path)
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        raise InvalidInputError(
+            "file is not a model", expected="a TorchScript file or an .onnx file",
+            found=f"{path.name}: {type(exc).__name__}",
+            fix="export with torch.jit.script/trace, or pass 'module:factory' + --weights",
+            code="not-a-model",
+        ) from None
+    module.eval()
+    return ModelSource("torch", f"torchscript:{path.name}", sha256_file(path), module=module)
+
+
+def _factory_module(text: str, kwargs: Mapping[str, Any] | None) -> Any:
+    """The ``nn.Module`` that ``"package.module:factory"`` returns (or names)."""
+    import torch
+
+    mod_name, _, attr = text.partition(":")
+    try:
+        factory = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise InvalidInputError(
+            "cannot import the model factory", expected="'package.module:callable'",
+            found=f"{text}: {type(exc).__name__}: {exc}"[:300],
+            fix="make the module importable (pip install -e your package or set PYTHONPATH)",
+        ) from None
+    built = factory(**dict(kwargs or {})) if callable(factory) else factory
+    if not isinstance(built, torch.nn.Module):
+        raise InvalidInputError("factory did not return an nn.Module", found=type(built).__name__)
+    return built

@@ -20,7 +20,6 @@ ALLOWED: dict[str, int] = {
     "edgemed/bench/report.py:build_report": 83,
     "edgemed/bundle/seal.py:seal": 89,
     "edgemed/demo.py:run_demo": 86,
-    "edgemed/model.py:load_model": 86,
     "edgemed/search/study.py:run_search": 81,
 }
 
