@@ -10,12 +10,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from edgemed_runtime.artifact import Artifact
-from edgemed_runtime.backends import backend_class, backend_names
-from edgemed_runtime.bundle.compress import compress_payload
-from edgemed_runtime.bundle.container import pack_archive
-from edgemed_runtime.bundle.crypto import encrypt_stream, key_commitment, new_data_key
-from edgemed_runtime.bundle.format import (
+from edgemed_runtime import Artifact
+from edgemed_runtime.sdk import (
     ARCHIVE_SUFFIX,
     DEFAULT_CHUNK,
     FORMAT_VERSION,
@@ -27,14 +23,21 @@ from edgemed_runtime.bundle.format import (
     SIGNATURE_FILE,
     STREAM_SCHEME,
     PayloadEntry,
+    atomic_write_bytes,
+    backend_class,
+    backend_names,
     canonical_json,
     check_family,
     check_relpath,
+    compress_payload,
+    encrypt_stream,
     format_time,
+    key_commitment,
+    load_private_key,
+    new_data_key,
+    pack_archive,
+    runtime_version,
 )
-from edgemed_runtime.bundle.keys import load_private_key
-from edgemed_runtime.bundle.loader import runtime_version
-from edgemed_runtime.util import atomic_write_bytes
 
 from ..errors import InvalidInputError
 from .devices import Recipient, wrapped_key_file, write_bundle_dir
@@ -189,6 +192,25 @@ def seal(
     bundle_id = secrets.token_hex(16)
     bid = bytes.fromhex(bundle_id)
     data_key = new_data_key()
+    files, entries = _encrypted_payloads(art, options, data_key, bid)
+    manifest = build_manifest(art, options, bundle_id=bundle_id, created=created,
+                              commitment=key_commitment(data_key, bid), payloads=entries)
+    files[MANIFEST_FILE] = canonical_json(manifest)
+    model_name = out_p.name[: -len(ARCHIVE_SUFFIX)] if as_archive and out_p.name.endswith(
+        ARCHIVE_SUFFIX) else out_p.name
+    files[SIGNATURE_FILE] = sign_files({k: v for k, v in files.items()}, priv, model_name)
+    for r in recips:
+        rel, data = wrapped_key_file(data_key, bundle_id, r)
+        files[rel] = data
+    del data_key
+    _write(out_p, files, as_archive=as_archive, overwrite=overwrite)
+    return out_p
+
+
+def _encrypted_payloads(art: Artifact, options: SealOptions, data_key: bytes,
+                        bid: bytes) -> tuple[dict[str, bytes], list[PayloadEntry]]:
+    """``{bundle path: encrypted bytes}`` of the artifact's files, and their payload entries;
+    a large ONNX model split into graph and weights when ``options`` and the backend allow."""
     files: dict[str, bytes] = {}
     entries = []
 
@@ -218,16 +240,11 @@ def seal(
             add(f"{base}.weights", "weights", weights)
         else:
             add(base, "model" if i == 0 else "extra", plain)
-    manifest = build_manifest(art, options, bundle_id=bundle_id, created=created,
-                              commitment=key_commitment(data_key, bid), payloads=entries)
-    files[MANIFEST_FILE] = canonical_json(manifest)
-    model_name = out_p.name[: -len(ARCHIVE_SUFFIX)] if as_archive and out_p.name.endswith(
-        ARCHIVE_SUFFIX) else out_p.name
-    files[SIGNATURE_FILE] = sign_files({k: v for k, v in files.items()}, priv, model_name)
-    for r in recips:
-        rel, data = wrapped_key_file(data_key, bundle_id, r)
-        files[rel] = data
-    del data_key
+    return files, entries
+
+
+def _write(out_p: Path, files: dict[str, bytes], *, as_archive: bool, overwrite: bool) -> None:
+    """The bundle's files as a ``.edgemed`` archive or a folder at ``out_p``."""
     if as_archive:
         if out_p.exists() and not overwrite:
             raise InvalidInputError("output already exists", found=str(out_p),
@@ -236,5 +253,4 @@ def seal(
         os.chmod(out_p, 0o644)
     else:
         write_bundle_dir(out_p, files, overwrite=overwrite)
-    return out_p
 
