@@ -19,7 +19,6 @@ CLEAN = ("edgemed/pipeline.py", "edgemed/release/flow.py", "edgemed/bench/api.py
 ALLOWED: dict[str, int] = {
     "edgemed/bench/report.py:build_report": 83,
     "edgemed/demo.py:run_demo": 86,
-    "edgemed/search/study.py:run_search": 81,
 }
 
 

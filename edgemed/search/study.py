@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 from pydantic import Field
 
-from edgemed_runtime.util import atomic_write_bytes
+from edgemed_runtime.sdk import atomic_write_bytes
 
 from .._config import Strict
 from ..errors import EdgemedError, InvalidInputError
@@ -196,8 +196,7 @@ class _Evaluator:
     """Builds and measures one candidate; holds the FP32 reference."""
 
     def __init__(self, task: SearchTask, cfg: SearchConfig, out: Path) -> None:
-        from edgemed_runtime.artifact import Artifact
-        from edgemed_runtime.iospec import IOSpec
+        from edgemed_runtime import Artifact, IOSpec
 
         from ..passes.base import BuildContext
         from ..passes.torch_common import compressed_size
@@ -311,7 +310,6 @@ def run_search(task: SearchTask, cfg: SearchConfig, out: str | Path, *,
     """
     from optuna.trial import TrialState
 
-    from .annealing import CONSTRAINT_ATTR
     from .report import pareto_front, plot_front, write_table
 
     t_start = time.perf_counter()
@@ -327,27 +325,8 @@ def run_search(task: SearchTask, cfg: SearchConfig, out: str | Path, *,
     if progress:
         progress(done, cfg.trials, None)
     ev = _Evaluator(task, cfg, out)
-
-    def objective(trial: Any) -> float:
-        params = suggest(trial, cfg.space)
-        row = ev.evaluate(params, trial.number)
-        for k, v in row.items():
-            trial.set_user_attr(k, v)
-        trial.set_user_attr(CONSTRAINT_ATTR, row["constraint"])
-        if hasattr(trial, "set_constraint"):
-            trial.set_constraint("accuracy_gate", row["constraint"])
-        return float(row["latency_ms"] if cfg.objective == "latency" else row["size_zlib_bytes"])
-
-    def callback(study: Any, trial: Any) -> None:
-        if progress:
-            n = len(study.get_trials(deepcopy=False, states=finished))
-            progress(n, cfg.trials, {"trial": trial.number, "state": trial.state.name,
-                                     "value": trial.value, **trial.params,
-                                     **trial.user_attrs})
-
     if remaining:
-        study.optimize(objective, n_trials=remaining, catch=(EdgemedError,),
-                       callbacks=[callback], gc_after_trial=True)
+        _optimize(study, ev, cfg, n_trials=remaining, progress=progress)
     shutil.rmtree(out / "work", ignore_errors=True)
     rows = _rows(study)
     feasible = [r for r in rows if r.get("gate_passed")]
@@ -375,3 +354,34 @@ def run_search(task: SearchTask, cfg: SearchConfig, out: str | Path, *,
     atomic_write_bytes(out / "summary.json",
                        json.dumps(result.to_dict(), indent=2, default=str).encode())
     return result
+
+
+def _optimize(study: Any, ev: _Evaluator, cfg: SearchConfig, *, n_trials: int,
+              progress: Callable[[int, int, dict[str, Any] | None], None] | None) -> None:
+    """Run ``n_trials`` more trials of ``study``, each evaluated by ``ev`` and recorded as the
+    trial's user attributes and accuracy-gate constraint; ``progress`` after each."""
+    from optuna.trial import TrialState
+
+    from .annealing import CONSTRAINT_ATTR
+
+    finished = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+
+    def objective(trial: Any) -> float:
+        params = suggest(trial, cfg.space)
+        row = ev.evaluate(params, trial.number)
+        for k, v in row.items():
+            trial.set_user_attr(k, v)
+        trial.set_user_attr(CONSTRAINT_ATTR, row["constraint"])
+        if hasattr(trial, "set_constraint"):
+            trial.set_constraint("accuracy_gate", row["constraint"])
+        return float(row["latency_ms"] if cfg.objective == "latency" else row["size_zlib_bytes"])
+
+    def callback(study: Any, trial: Any) -> None:
+        if progress:
+            n = len(study.get_trials(deepcopy=False, states=finished))
+            progress(n, cfg.trials, {"trial": trial.number, "state": trial.state.name,
+                                     "value": trial.value, **trial.params,
+                                     **trial.user_attrs})
+
+    study.optimize(objective, n_trials=n_trials, catch=(EdgemedError,),
+                   callbacks=[callback], gc_after_trial=True)
