@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from edgemed_runtime.util import atomic_write_bytes
+from edgemed_runtime.sdk import atomic_write_bytes
 
 from ..errors import InvalidInputError
 
@@ -397,48 +397,9 @@ def build_report(out_dir: str | os.PathLike[str], *, result: dict[str, Any] | No
     images: dict[str, bytes] = {}
     parts = [f"<h1>{_e(title)}</h1>"]
     if result is not None:
-        parts.append(f"<p>Benchmark of <code>{_e(result.get('source'))}</code> at {_e(result.get('time'))}.</p>")
-        parts += _bench_sections(result)
-        for name, fn in (("latency", plot_latency), ("processes", plot_processes),
-                         ("pareto", plot_pareto)):
-            png = fn(result)
-            if png:
-                images[name] = png
-                parts.append(f"<h2>{_e(name.capitalize())}</h2>" + _img(png, name))
-        pts = pareto_points(result)
-        if pts:
-            parts.append(_table(["candidate", "p50 ms", "top-1 agreement", "size MB", "Pareto"],
-                                [[_e(p["name"]), _num(p["latency_ms"], 2), _num(p["accuracy"], 4),
-                                  _num(p["size_mb"], 2), "yes" if p["pareto"] else ""] for p in pts]))
-    if info is not None:
-        metrics = info.get("metrics") or {}
-        rows = gate_rows(metrics)
-        gate = metrics.get("gate") or {}
-        verdict = ("passed" if gate.get("passed") else "failed") if gate else "no gate recorded"
-        parts.append(f"<h2>Accuracy gate ({_e(verdict)}; {_e(gate.get('mode', ''))}, n={_e(gate.get('n', '-'))})</h2>")
-        parts.append(_table(["source", "metric", "FP32 reference [CI]", "candidate [CI]"],
-                            [[_e(r["source"]), _e(r["metric"]), _vc(r["reference"]),
-                              _vc(r["candidate"])] for r in rows]) if rows else "<p>No metrics.</p>")
-        png = plot_gate(rows)
-        if png:
-            images["gate"] = png
-            parts.append(_img(png, "gate confidence intervals"))
-        cams = gradcam_images(art_dir, info)
-        if cams:
-            parts.append("<h2>Grad-CAM</h2><div class=panels>")
-            for cap, p in cams:
-                data64 = base64.b64encode(p.read_bytes()).decode()
-                mime = "png" if p.suffix.lower() == ".png" else "jpeg"
-                parts.append(f'<figure><img alt="{_e(cap)}" src="data:image/{mime};base64,{data64}">'
-                             f"<figcaption>{_e(cap)}</figcaption></figure>")
-            parts.append("</div>")
-        prov = info.get("provenance") or []
-        parts.append("<h2>Provenance</h2>")
-        parts.append(_table(["#", "pass", "details"], [
-            [str(i + 1), _e(r.get("pass", "?")),
-             _e(", ".join(f"{k}={v}" for k, v in r.items() if k != "pass" and not isinstance(v, (dict, list)))[:300])]
-            for i, r in enumerate(prov)]))
-        parts.append(f"<details><summary>artifact.json</summary><pre>{_e(json.dumps(info, indent=2, default=str))}</pre></details>")
+        parts += _benchmark_parts(result, images)
+    if info is not None and art_dir is not None:
+        parts += _artifact_parts(art_dir, info, images)
     if result is not None:
         parts.append(_machine_section(result))
     pngs = []
@@ -453,3 +414,55 @@ def build_report(out_dir: str | os.PathLike[str], *, result: dict[str, Any] | No
     atomic_write_bytes(html_path, doc.encode())
     os.chmod(html_path, 0o644)
     return ReportFiles(html_path, tuple(pngs))
+
+
+def _benchmark_parts(result: dict[str, Any], images: dict[str, bytes]) -> list[str]:
+    """The HTML sections of a benchmark result; its plots are added to ``images``."""
+    parts = [f"<p>Benchmark of <code>{_e(result.get('source'))}</code> at {_e(result.get('time'))}.</p>"]
+    parts += _bench_sections(result)
+    for name, fn in (("latency", plot_latency), ("processes", plot_processes),
+                     ("pareto", plot_pareto)):
+        png = fn(result)
+        if png:
+            images[name] = png
+            parts.append(f"<h2>{_e(name.capitalize())}</h2>" + _img(png, name))
+    pts = pareto_points(result)
+    if pts:
+        parts.append(_table(["candidate", "p50 ms", "top-1 agreement", "size MB", "Pareto"],
+                            [[_e(p["name"]), _num(p["latency_ms"], 2), _num(p["accuracy"], 4),
+                              _num(p["size_mb"], 2), "yes" if p["pareto"] else ""] for p in pts]))
+    return parts
+
+
+def _artifact_parts(art_dir: Path, info: dict[str, Any], images: dict[str, bytes]) -> list[str]:
+    """The HTML sections of an artifact (gate, Grad-CAM, provenance, artifact.json); the gate
+    plot is added to ``images``."""
+    metrics = info.get("metrics") or {}
+    rows = gate_rows(metrics)
+    gate = metrics.get("gate") or {}
+    verdict = ("passed" if gate.get("passed") else "failed") if gate else "no gate recorded"
+    parts = [f"<h2>Accuracy gate ({_e(verdict)}; {_e(gate.get('mode', ''))}, n={_e(gate.get('n', '-'))})</h2>"]
+    parts.append(_table(["source", "metric", "FP32 reference [CI]", "candidate [CI]"],
+                        [[_e(r["source"]), _e(r["metric"]), _vc(r["reference"]),
+                          _vc(r["candidate"])] for r in rows]) if rows else "<p>No metrics.</p>")
+    png = plot_gate(rows)
+    if png:
+        images["gate"] = png
+        parts.append(_img(png, "gate confidence intervals"))
+    cams = gradcam_images(art_dir, info)
+    if cams:
+        parts.append("<h2>Grad-CAM</h2><div class=panels>")
+        for cap, p in cams:
+            data64 = base64.b64encode(p.read_bytes()).decode()
+            mime = "png" if p.suffix.lower() == ".png" else "jpeg"
+            parts.append(f'<figure><img alt="{_e(cap)}" src="data:image/{mime};base64,{data64}">'
+                         f"<figcaption>{_e(cap)}</figcaption></figure>")
+        parts.append("</div>")
+    prov = info.get("provenance") or []
+    parts.append("<h2>Provenance</h2>")
+    parts.append(_table(["#", "pass", "details"], [
+        [str(i + 1), _e(r.get("pass", "?")),
+         _e(", ".join(f"{k}={v}" for k, v in r.items() if k != "pass" and not isinstance(v, (dict, list)))[:300])]
+        for i, r in enumerate(prov)]))
+    parts.append(f"<details><summary>artifact.json</summary><pre>{_e(json.dumps(info, indent=2, default=str))}</pre></details>")
+    return parts
