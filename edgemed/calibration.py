@@ -14,8 +14,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from edgemed_runtime.iospec import IOSpec
-from edgemed_runtime.preprocess import PreprocessSpec
+from edgemed_runtime import IOSpec, PreprocessSpec
 
 from .dicom import LabelledArrays, load_folder
 from .errors import CalibrationError, InvalidInputError

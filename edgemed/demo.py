@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgemed_runtime.preprocess import PreprocessSpec
+from edgemed_runtime import PreprocessSpec
 
 DEMO_SPEC = PreprocessSpec(window=(40.0, 400.0), size=(128, 128))
 
@@ -122,9 +122,8 @@ def run_demo(out: str | os.PathLike[str] = "edgemed-demo", config: DemoConfig = 
     """Run the whole demo; return its figures. Raises EdgemedError subclasses on failure."""
     import torch
 
-    from edgemed_runtime.api import open_artifact
-    from edgemed_runtime.artifact import Artifact
-    from edgemed_runtime.session import softmax
+    from edgemed_runtime import Artifact, open_artifact
+    from edgemed_runtime.sdk import softmax
 
     from .bench.timing import interleaved_latency
     from .bundle import generate_keypair

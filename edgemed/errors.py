@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from edgemed_runtime.errors import (
+from edgemed_runtime import (
     BackendError,
     BundleError,
     DeviceMismatchError,

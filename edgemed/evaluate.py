@@ -210,7 +210,7 @@ def run_gate(ref_logits: np.ndarray, cand_logits: np.ndarray, y: np.ndarray | No
         ref_logits / cand_logits: (N, K) outputs of the FP32 reference and the candidate.
         y: integer labels (N,), or None (agreement-only gate).
     """
-    from edgemed_runtime.session import softmax
+    from edgemed_runtime.sdk import softmax
 
     agree = agreement(ref_logits, cand_logits)
     reasons: list[str] = []

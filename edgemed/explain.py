@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edgemed_runtime.util import atomic_write_bytes
+from edgemed_runtime.sdk import atomic_write_bytes
 
 from .errors import InvalidInputError
 

@@ -13,10 +13,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edgemed_runtime.artifact import Artifact
-from edgemed_runtime.backends import backend_class
-from edgemed_runtime.backends.probe import probe
-from edgemed_runtime.errors import EdgemedError
+from edgemed_runtime import Artifact, EdgemedError
+from edgemed_runtime.sdk import backend_class, probe
 
 from .evaluate import GateResult
 from .targets import Variant

@@ -27,11 +27,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgemed_runtime.api import open_artifact
-from edgemed_runtime.artifact import Artifact
-from edgemed_runtime.iospec import IOSpec
-from edgemed_runtime.preprocess import PreprocessSpec
-from edgemed_runtime.util import atomic_write_bytes
+from edgemed_runtime import Artifact, IOSpec, PreprocessSpec, open_artifact
+from edgemed_runtime.sdk import atomic_write_bytes
 
 from .bench.timing import interleaved_latency
 from .calibration import sample_calibration, to_arrays
@@ -181,7 +178,7 @@ class _Runner:
 
 def variant_unavailable(variant: Variant) -> str:
     """Why ``variant`` cannot be built or run on this host ('' when it can)."""
-    from edgemed_runtime.backends import backend_class
+    from edgemed_runtime.sdk import backend_class
 
     missing = list(backend_class(variant.backend).missing())
     if missing and variant.gate_backend and backend_class(variant.gate_backend).is_available():

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edgemed_runtime import open as open_model
-from edgemed_runtime.artifact import ARTIFACT_FILE
+from edgemed_runtime.sdk import ARTIFACT_FILE
 
 from .errors import InvalidInputError
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 from pydantic import Field
 
-from edgemed_runtime.util import atomic_write_bytes
+from edgemed_runtime.sdk import atomic_write_bytes
 
 from ._torch import (as_xy, match_modules, minibatches, predict_logits, prunable_layers,
                      recalibrate_bn)

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
-from edgemed_runtime.backends import backend_class
+from edgemed_runtime.sdk import backend_class
 
 from ._config import Strict, validation_problems
 from .errors import InvalidInputError, ProfileError
@@ -337,12 +337,12 @@ def check_target(profile: TargetProfile) -> dict[str, Any]:
             build_missing += [m for m in get_pass_class(pname).missing() if m not in build_missing]
         row["build_missing"] = build_missing
         if v.backend == "onnxruntime" and cls.is_available():
-            from edgemed_runtime.backends.onnxruntime import _EP_ALIASES
             import onnxruntime as ort
 
+            from edgemed_runtime.sdk import wanted_providers
+
             have = set(ort.get_available_providers())
-            wanted = [_EP_ALIASES.get(str(p).lower(), str(p))
-                      for p in opts.get("providers", ["CPUExecutionProvider"])]
+            wanted = wanted_providers(opts)
             row["providers"] = {"available": [p for p in wanted if p in have],
                                 "missing": [p for p in wanted if p not in have]}
         if v.backend == "tensorrt":

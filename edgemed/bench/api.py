@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from edgemed_runtime.util import atomic_write_bytes
+from edgemed_runtime.sdk import atomic_write_bytes
 
 from ..errors import InvalidInputError, ProfileError
 from .candidates import Candidate
@@ -83,7 +83,7 @@ def _macs(c: Candidate, reference: Path | None, notes: dict[str, str]) -> Candid
     if c.kind == "onnx":
         model = path
     elif c.kind == "edgemed" and path.is_dir() and (path / "artifact.json").is_file():
-        from edgemed_runtime.artifact import Artifact
+        from edgemed_runtime import Artifact
 
         mp = Artifact.load(path).model_path
         model = mp if mp.suffix == ".onnx" else None
@@ -253,7 +253,7 @@ class _Bench:
         """``source``, or the artifact built from it when it is a model spec (and the spec)."""
         if not looks_like_model_spec(source):
             return source, None
-        from edgemed_runtime.preprocess import PreprocessSpec
+        from edgemed_runtime import PreprocessSpec
 
         shape = tuple(int(d) for d in input_shape)
         spec0 = PreprocessSpec(size=shape[-2:], channels=shape[1] if shape[1] in (1, 3) else 1)
@@ -345,7 +345,7 @@ def _data(calib: Any, spec: Any, sample_shape: Sequence[int], work: Path, n_chec
 
 
 def _backend_candidates(primary: Source, backends: Sequence[str], skipped: dict[str, str]) -> list[Candidate]:
-    from edgemed_runtime.backends import backend_class, backend_names
+    from edgemed_runtime.sdk import backend_class, backend_names
 
     out = []
     art = primary.artifact

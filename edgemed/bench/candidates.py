@@ -127,7 +127,7 @@ def preimport(c: Candidate) -> None:
     else:
         mods.append("edgemed_runtime")
         if c.backend:
-            from edgemed_runtime.backends import backend_class
+            from edgemed_runtime.sdk import backend_class
 
             mods += list(backend_class(c.backend).modules)
     for m in mods:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgemed_runtime.util import atomic_write_bytes
+from edgemed_runtime.sdk import atomic_write_bytes
 
 from .machine import machine_info, machine_key
 

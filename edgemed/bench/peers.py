@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from edgemed_runtime.util import sha256_file
+from edgemed_runtime.sdk import sha256_file
 
 from ..errors import ExportError
 from .candidates import Candidate

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from edgemed_runtime.api import is_bundle
-from edgemed_runtime.artifact import ARTIFACT_FILE, Artifact
-from edgemed_runtime.preprocess import PreprocessSpec
+from edgemed_runtime import Artifact, PreprocessSpec, is_bundle
+from edgemed_runtime.sdk import ARTIFACT_FILE
 
 from ..errors import InvalidInputError
 from .candidates import Candidate
@@ -120,7 +119,7 @@ def resolve(path_or_spec: str, *, name: str, role: str, threads: int,
 
 
 def _modules(backend: str) -> tuple[str, ...]:
-    from edgemed_runtime.backends import backend_class
+    from edgemed_runtime.sdk import backend_class
 
     try:
         return tuple(backend_class(backend).modules)
@@ -201,7 +200,7 @@ def synthetic_data(spec: PreprocessSpec, sample_shape: tuple[int, ...], workdir:
     Calibration and check sets come from different seeds; falls back to seeded normal noise when
     the spec's output does not have the model's sample shape.
     """
-    from edgemed_runtime.dicom import load_input
+    from edgemed_runtime.sdk import load_input
 
     from ..data.synthetic import make_dataset
 
@@ -226,7 +225,7 @@ def synthetic_data(spec: PreprocessSpec, sample_shape: tuple[int, ...], workdir:
 def user_data(calib: str | os.PathLike[str], spec: PreprocessSpec, sample_shape: tuple[int, ...],
               *, n_calib: int = 32, n_check: int = 32) -> BenchData:
     """Calibration/check inputs from a DICOM folder or .npy/.npz (via edgemed.calibration)."""
-    from edgemed_runtime.iospec import IOSpec
+    from edgemed_runtime import IOSpec
 
     from ..calibration import to_arrays
 

@@ -60,7 +60,7 @@ def _input(spec: dict[str, Any], batch: int) -> np.ndarray:
 
 
 def _preprocess(spec: dict[str, Any]) -> Any:
-    from edgemed_runtime.preprocess import PreprocessSpec
+    from edgemed_runtime import PreprocessSpec
 
     return PreprocessSpec.from_dict(spec["preprocess"]) if spec.get("preprocess") else None
 
@@ -124,7 +124,7 @@ def warm(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     calls: dict[str, Any] = {n: (lambda r=r: r.run(x1)) for n, r in runners.items()}
     dicom = spec.get("dicom")
     if dicom:
-        from edgemed_runtime.dicom import load_input
+        from edgemed_runtime.sdk import load_input
 
         by_name = {c.name: c for c in cands}
         for n, r in runners.items():

@@ -11,7 +11,7 @@ trust=..., device_key=...)``.
 
 from __future__ import annotations
 
-from edgemed_runtime.bundle import (
+from edgemed_runtime.sdk import (
     BundleManifest,
     VerifiedBundle,
     inspect_bundle,

@@ -11,16 +11,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgemed_runtime.bundle.container import pack_archive, read_bundle
-from edgemed_runtime.bundle.crypto import (
+from edgemed_runtime.sdk import (
+    KEYS_DIR,
+    WRAPPED_KEY_KIND,
+    atomic_write_bytes,
+    canonical_json,
     check_commitment,
+    fingerprint,
+    load_private_key,
+    load_public_key,
+    pack_archive,
+    read_bundle,
     unwrap_data_key,
+    verify_bundle,
     wrap_data_key,
+    wrapped_key_entry,
 )
-from edgemed_runtime.bundle.format import KEYS_DIR, WRAPPED_KEY_KIND, canonical_json
-from edgemed_runtime.bundle.keys import fingerprint, load_private_key, load_public_key
-from edgemed_runtime.bundle.loader import wrapped_key_entry, verify_bundle
-from edgemed_runtime.util import atomic_write_bytes
 
 from ..errors import InvalidInputError
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgemed_runtime.bundle.weights import ALIGN, pack_weights
+from edgemed_runtime.sdk import ALIGN, pack_weights
 
 from ..errors import InvalidInputError
 

@@ -11,8 +11,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgemed_runtime.util import atomic_write_bytes
-from edgemed_runtime.bundle.keys import fingerprint, load_private_key, load_public_key, spki_pem
+from edgemed_runtime.sdk import (
+    atomic_write_bytes,
+    fingerprint,
+    load_private_key,
+    load_public_key,
+    spki_pem,
+)
 
 from ..errors import InvalidInputError
 

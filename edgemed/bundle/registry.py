@@ -19,9 +19,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from edgemed_runtime.bundle.container import read_bundle
-from edgemed_runtime.bundle.format import MANIFEST_FILE, check_family, format_time, parse_manifest
-from edgemed_runtime.bundle.loader import unverified_signed_files, verify_bundle
+from edgemed_runtime.sdk import (
+    MANIFEST_FILE,
+    check_family,
+    format_time,
+    parse_manifest,
+    read_bundle,
+    unverified_signed_files,
+    verify_bundle,
+)
 
 from ..errors import BundleError, InvalidInputError
 from .diff import diff_manifests

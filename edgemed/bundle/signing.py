@@ -11,9 +11,14 @@ import hashlib
 import json
 from typing import Any, Mapping
 
-from edgemed_runtime.bundle.format import canonical_json
-from edgemed_runtime.bundle.keys import check_publisher_key, publisher_hint
-from edgemed_runtime.bundle.oms import build_signature, build_statement, pae
+from edgemed_runtime.sdk import (
+    build_signature,
+    build_statement,
+    canonical_json,
+    check_publisher_key,
+    pae,
+    publisher_hint,
+)
 
 
 def sign_files(files: Mapping[str, bytes], private_key: Any, model_name: str) -> bytes:

@@ -32,8 +32,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Build the fastest compressed artifact that passes the accuracy gate and is no slower
         than FP32; else the FP32 baseline (status fallback-fp32), or exit 1 with --require-compressed."""
-        from edgemed_runtime.iospec import parse_shape
-        from edgemed_runtime.preprocess import PreprocessSpec
+        from edgemed_runtime import PreprocessSpec
+        from edgemed_runtime.sdk import parse_shape
 
         from edgemed.errors import InvalidInputError
         from edgemed.pipeline import BuildOptions

@@ -141,7 +141,7 @@ def register(app: typer.Typer) -> None:
                         recipients=[Recipient.load(d) for d in device], created=created,
                         publisher_key_password=_passphrase(passphrase_env, False),
                         overwrite=overwrite)
-            from edgemed_runtime.bundle import inspect_bundle
+            from edgemed_runtime.sdk import inspect_bundle
 
             info = inspect_bundle(path)
             if register_it:
@@ -164,7 +164,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Verify a bundle's signature, file hashes and manifest (no device key needed)."""
-        from edgemed_runtime.bundle import verify_bundle
+        from edgemed_runtime.sdk import verify_bundle
 
         with handle_errors(as_json):
             vb = verify_bundle(bundle, trust=trust, hardware_id=hardware_id, require_hardware=False)

@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
         """Index FOLDER, split by patient (stratified), sample calibration files, cache arrays."""
         from edgemed.dicom import SeriesFilter, build_dataset
         from edgemed.errors import InvalidInputError
-        from edgemed_runtime.preprocess import PreprocessSpec
+        from edgemed_runtime import PreprocessSpec
 
         with handle_errors(as_json):
             win = None

@@ -12,8 +12,7 @@ from .common import console, handle_errors, print_json
 
 def inspect_path(path: Path) -> dict:
     """Describe an artifact directory (or its model file) or a bundle, as a dict."""
-    from edgemed_runtime.api import is_bundle
-    from edgemed_runtime.artifact import Artifact
+    from edgemed_runtime import Artifact, is_bundle
 
     from edgemed.errors import InvalidInputError
     from edgemed.predict import resolve_model_path

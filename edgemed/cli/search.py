@@ -15,8 +15,8 @@ def _task_from_folders(model: str, weights: Optional[Path], train: Path, val: Pa
                        input: str, window: Optional[str]) -> Any:
     import numpy as np
 
-    from edgemed_runtime.iospec import parse_shape
-    from edgemed_runtime.preprocess import PreprocessSpec
+    from edgemed_runtime import PreprocessSpec
+    from edgemed_runtime.sdk import parse_shape
 
     from edgemed.dicom.folder import load_folder
     from edgemed.errors import InvalidInputError

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemed_runtime.dicom import load_input
-from edgemed_runtime.preprocess import PreprocessSpec
-from edgemed_runtime.util import atomic_write_bytes
+from edgemed_runtime import PreprocessSpec
+from edgemed_runtime.sdk import atomic_write_bytes, load_input
 
 
 @dataclass

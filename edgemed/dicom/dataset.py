@@ -17,8 +17,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgemed.errors import InvalidInputError
-from edgemed_runtime.preprocess import PreprocessSpec
-from edgemed_runtime.util import atomic_write_bytes
+from edgemed_runtime import PreprocessSpec
+from edgemed_runtime.sdk import atomic_write_bytes
 
 from .cache import ArrayCache
 from .index import Record, SeriesFilter, index_folder

@@ -308,14 +308,14 @@ def deidentify(src: str | os.PathLike[str], out: str | os.PathLike[str], *, key:
             ``output-exists`` (a folder run whose ``out`` is a file or a non-empty folder);
             ``output-not-writable``; for a single file, any read or write error of the file.
     """
-    from edgemed_runtime.dicom.quiet import quiet
+    from edgemed_runtime.sdk import quiet
 
     with quiet():
         return _deidentify(Path(src), Path(out), key)
 
 
 def _deid_one(path: Path, out: Path, mapper: UidMapper) -> None:
-    from edgemed_runtime.dicom import read_dataset
+    from edgemed_runtime.sdk import read_dataset
 
     ds = read_dataset(path)
     try:

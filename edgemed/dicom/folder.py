@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemed_runtime.dicom import load_input
-from edgemed_runtime.errors import InvalidInputError
-from edgemed_runtime.preprocess import PreprocessSpec
+from edgemed_runtime import InvalidInputError, PreprocessSpec
+from edgemed_runtime.sdk import load_input
 
 
 @dataclass(frozen=True)

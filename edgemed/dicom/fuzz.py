@@ -82,8 +82,8 @@ def mutate(data: bytes, ops: list[tuple[int, int, int]]) -> bytes:
 
 def run_case(path: Path, report: FuzzReport) -> None:
     """Read one file through both entry points; record the outcome."""
-    from edgemed_runtime.dicom import load_input, read_image
-    from edgemed_runtime.preprocess import PreprocessSpec
+    from edgemed_runtime import PreprocessSpec
+    from edgemed_runtime.sdk import load_input, read_image
 
     report.cases += 1
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edgemed.errors import EdgemedError, InvalidInputError
-from edgemed_runtime.dicom.guard import MAX_FRAME_PIXELS, MAX_TOTAL_PIXELS
+from edgemed_runtime.sdk import MAX_FRAME_PIXELS, MAX_TOTAL_PIXELS
 
 ORIENTATIONS = ("axial", "coronal", "sagittal", "oblique", "unknown")
 
@@ -163,8 +163,7 @@ def index_folder(root: str | os.PathLike[str], labels_csv: str | os.PathLike[str
 
     A file without Patient ID (in the CSV or the header) is grouped by its Study Instance UID.
     """
-    from edgemed_runtime.dicom import read_dataset
-    from edgemed_runtime.dicom.quiet import quiet
+    from edgemed_runtime.sdk import quiet, read_dataset
 
     with quiet():
         return _index(Path(root), labels_csv, read_dataset)

@@ -19,7 +19,7 @@ from typing import Any, Callable, ClassVar, Generic, Mapping, TypeVar, cast
 import numpy as np
 from pydantic import ValidationError
 
-from edgemed_runtime.artifact import Artifact
+from edgemed_runtime import Artifact
 
 from .._config import Strict, validation_problems
 from ..errors import ProfileError

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from edgemed_runtime.artifact import Artifact
+from edgemed_runtime import Artifact
 
 from .base import BuildContext, Pass, PassConfig, PassOutput
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from edgemed_runtime.artifact import Artifact
+from edgemed_runtime import Artifact
 
 from ..errors import ExportError
 from .base import BuildContext, Pass, PassConfig, PassOutput

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from edgemed_runtime.artifact import Artifact
-from edgemed_runtime.util import atomic_write_bytes
+from edgemed_runtime import Artifact
+from edgemed_runtime.sdk import atomic_write_bytes
 
 from ..errors import ExportError
 from .base import BuildContext, Pass, PassConfig, PassOutput

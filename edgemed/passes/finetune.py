@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgemed_runtime.artifact import Artifact
+from edgemed_runtime import Artifact
 
 from ..recovery import FinetuneConfig
 from .base import BuildContext, Pass, PassOutput

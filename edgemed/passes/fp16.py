@@ -13,8 +13,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from edgemed_runtime.artifact import Artifact
-from edgemed_runtime.util import atomic_write_bytes
+from edgemed_runtime import Artifact
+from edgemed_runtime.sdk import atomic_write_bytes
 
 from ..errors import ExportError
 from .base import BuildContext, Pass, PassConfig, PassOutput

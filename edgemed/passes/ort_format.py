@@ -29,7 +29,7 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import Field
-from edgemed_runtime.artifact import Artifact
+from edgemed_runtime import Artifact
 
 from ..errors import ExportError
 from .base import BuildContext, Pass, PassConfig, PassOutput

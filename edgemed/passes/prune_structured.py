@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from edgemed_runtime.artifact import Artifact
+from edgemed_runtime import Artifact
 
 from ..errors import ExportError, InvalidInputError
 from .base import BuildContext, Pass, PassConfig, PassOutput

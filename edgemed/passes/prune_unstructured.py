@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from edgemed_runtime.artifact import Artifact
+from edgemed_runtime import Artifact
 
 from .base import BuildContext, Pass, PassConfig, PassOutput
 

@@ -18,8 +18,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from edgemed_runtime.artifact import Artifact
-from edgemed_runtime.util import atomic_write_bytes
+from edgemed_runtime import Artifact
+from edgemed_runtime.sdk import atomic_write_bytes
 
 from ..errors import CalibrationError, ExportError
 from ..recovery import FinetuneConfig

@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 from pydantic import model_validator
 
-from edgemed_runtime.artifact import Artifact
-from edgemed_runtime.backends.tensorrt.recipe import TrtRecipe, pack_recipe
-from edgemed_runtime.util import atomic_write_bytes
+from edgemed_runtime import Artifact
+from edgemed_runtime.sdk import TrtRecipe, atomic_write_bytes, pack_recipe
 
 from ..errors import ExportError, InvalidInputError
 from .base import BuildContext, Pass, PassConfig, PassOutput

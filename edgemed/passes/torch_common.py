@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgemed_runtime.artifact import Artifact
+from edgemed_runtime import Artifact
 
 from .._torch import as_xy, prunable_layers, recalibrate_bn
 from ..errors import InvalidInputError

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from edgemed_runtime.preprocess import PreprocessSpec
-from edgemed_runtime.util import atomic_write_bytes
+from edgemed_runtime import PreprocessSpec
+from edgemed_runtime.sdk import atomic_write_bytes
 
 from ..errors import EdgemedError, InvalidInputError
 from .config import ReleaseConfig, load_release_config
@@ -235,7 +235,7 @@ class _TargetRelease:
     def run(self) -> None:
         """Release the target; raises EdgemedError when a step fails (the outcome says how far
         it got)."""
-        from edgemed_runtime.artifact import Artifact
+        from edgemed_runtime import Artifact
 
         from ..targets import load_target
 
@@ -324,8 +324,8 @@ class _TargetRelease:
         return key
 
     def _check(self, bundle_dir: Path, art: Any) -> dict[str, Any]:
-        from edgemed_runtime.api import open_artifact
-        from edgemed_runtime.bundle import verify_bundle
+        from edgemed_runtime import open_artifact
+        from edgemed_runtime.sdk import verify_bundle
 
         from .device_check import verify_as_device
 

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgemed_runtime.util import atomic_write_bytes
+from edgemed_runtime.sdk import atomic_write_bytes
 
 from ..evaluate import gate_summary
 

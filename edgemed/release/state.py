@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from edgemed_runtime.util import atomic_write_bytes
+from edgemed_runtime.sdk import atomic_write_bytes
 
 
 def content_key(*parts: Any) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgemed_runtime.util import atomic_write_bytes
+from edgemed_runtime.sdk import atomic_write_bytes
 
 from .study import SearchTask
 
@@ -39,7 +39,7 @@ def demo_arrays(root: str | Path, *, n_patients: int = 16, slices_per_patient: i
                 size: int = 64, seed: int = 0) -> tuple[tuple[np.ndarray, np.ndarray],
                                                         tuple[np.ndarray, np.ndarray], tuple[str, ...]]:
     """Write (if missing) and load the synthetic DICOM set; split the patients 3:1."""
-    from edgemed_runtime.preprocess import PreprocessSpec
+    from edgemed_runtime import PreprocessSpec
 
     from ..data.synthetic import make_dataset
     from ..dicom.folder import load_folder

@@ -12,7 +12,7 @@ import io
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgemed_runtime.util import atomic_write_bytes
+from edgemed_runtime.sdk import atomic_write_bytes
 
 
 def pareto_front(rows: Sequence[dict[str, Any]], cost: str = "objective",

@@ -18,9 +18,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from edgemed_runtime.artifact import Artifact
-from edgemed_runtime.backends.openvino import pack_ir
-from edgemed_runtime.util import atomic_write_bytes
+from edgemed_runtime import Artifact
+from edgemed_runtime.sdk import atomic_write_bytes, pack_ir
 
 from ...errors import ExportError
 from ..base import BuildContext, Pass, PassConfig, PassOutput, require_calibration

@@ -51,6 +51,13 @@ _EP_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                "openvino": "OpenVINOExecutionProvider"}
 
 
+def wanted_providers(options: Mapping[str, Any]) -> list[str]:
+    """The execution providers asked for in ``providers`` (default CPU), in the order asked,
+    aliases such as ``cuda`` or ``nnapi`` resolved to onnxruntime's full names."""
+    return [_EP_ALIASES.get(str(p).lower(), str(p))
+            for p in options.get("providers", ["CPUExecutionProvider"])]
+
+
 def pick_providers(options: Mapping[str, Any], available: list[str] | None = None) -> list[str]:
     """The execution providers to use: the ones asked for (``providers``, full names or
     aliases such as ``cuda``, ``tensorrt``, ``nnapi``, ``coreml``, ``xnnpack``) that this
@@ -61,9 +68,8 @@ def pick_providers(options: Mapping[str, Any], available: list[str] | None = Non
 
         available = list(ort.get_available_providers())
     avail = set(available)
-    wanted = [_EP_ALIASES.get(str(p).lower(), str(p))
-              for p in options.get("providers", ["CPUExecutionProvider"])]
-    chosen = [p for p in dict.fromkeys(wanted) if p in avail and p != "CPUExecutionProvider"]
+    chosen = [p for p in dict.fromkeys(wanted_providers(options))
+              if p in avail and p != "CPUExecutionProvider"]
     chosen.append("CPUExecutionProvider")
     return chosen
 
