@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgemed_runtime import PreprocessSpec
+from edgemed_runtime import Artifact, PreprocessSpec
 
 DEMO_SPEC = PreprocessSpec(window=(40.0, 400.0), size=(128, 128))
 
@@ -120,21 +120,40 @@ processes = 1
 def run_demo(out: str | os.PathLike[str] = "edgemed-demo", config: DemoConfig = DemoConfig(),
              progress: Callable[[str], None] | None = None) -> DemoResult:
     """Run the whole demo; return its figures. Raises EdgemedError subclasses on failure."""
-    import torch
-
-    from edgemed_runtime import Artifact, open_artifact
     from edgemed_runtime.sdk import softmax
 
-    from .bench.timing import interleaved_latency
-    from .bundle import generate_keypair
-    from .data.synthetic import make_dataset
-    from .dicom import DicomDataset, build_dataset
     from .evaluate import agreement, classification_metrics
-    from .release import release
-    from .train import TrainConfig, train_classifier
 
     say = progress or (lambda msg: None)
     root = Path(out)
+    xs = _data(root, config, say)
+    hist = _train(root, config, xs, say)
+    rel, first = _release(root, config, say)
+    art = Artifact.load(first.artifact)  # type: ignore[arg-type]
+    ref = Artifact.load(Path(first.artifact) / "reference")  # type: ignore[arg-type]
+    say("evaluating FP32 and INT8 on held-out patients")
+    xt, yt = xs["test"]
+    l32, l8, lat, preds = _held_out(root, ref, art, xt, yt)
+    return DemoResult(
+        out=root, artifact=art.path,
+        split={k: int(len(v[1])) for k, v in xs.items()},
+        history={"loss": hist.loss, "val_accuracy": hist.val_accuracy},
+        fp32=classification_metrics(softmax(l32.astype(np.float64)), yt),
+        int8=classification_metrics(softmax(l8.astype(np.float64)), yt),
+        agreement=agreement(l32, l8),
+        size_bytes={"fp32": ref.model_path.stat().st_size, "int8": art.model_path.stat().st_size},
+        latency_ms={"fp32": lat["fp32"].p50, "int8": lat["int8"].p50},
+        chosen_variant=str(first.chosen), why=str(first.why), predictions=preds,
+        release=rel.to_dict(),
+    )
+
+
+def _data(root: Path, config: DemoConfig,
+          say: Callable[[str], None]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Synthetic CT DICOM under ``root``, split by patient and decoded; ``{split: (x, y)}``."""
+    from .data.synthetic import make_dataset
+    from .dicom import DicomDataset, build_dataset
+
     say("writing synthetic CT DICOM")
     make_dataset(root / "dicom", n_patients=config.n_patients,
                  slices_per_patient=config.slices_per_patient, size=config.image_size,
@@ -142,8 +161,17 @@ def run_demo(out: str | os.PathLike[str] = "edgemed-demo", config: DemoConfig = 
     say("indexing, patient-level split, decoding")
     build_dataset(root / "dicom", root / "train-data", spec=DEMO_SPEC, fractions=(0.6, 0.2, 0.2),
                   seed=config.seed, decode=True)
-    xs = {s: DicomDataset.from_manifest(root / "train-data", s).arrays()
-          for s in ("train", "val", "test")}
+    return {s: DicomDataset.from_manifest(root / "train-data", s).arrays()
+            for s in ("train", "val", "test")}
+
+
+def _train(root: Path, config: DemoConfig, xs: dict[str, tuple[np.ndarray, np.ndarray]],
+           say: Callable[[str], None]) -> Any:
+    """Train the demo model, save it as ``demo_model.pt``; the training history."""
+    import torch
+
+    from .train import TrainConfig, train_classifier
+
     torch.manual_seed(config.seed)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     model = demo_model()
@@ -154,6 +182,16 @@ def run_demo(out: str | os.PathLike[str] = "edgemed-demo", config: DemoConfig = 
                                   f"val acc {r.get('val_accuracy', float('nan')):.3f}"),
     )
     torch.save(model.state_dict(), root / "demo_model.pt")
+    return hist
+
+
+def _release(root: Path, config: DemoConfig, say: Callable[[str], None]) -> tuple[Any, Any]:
+    """The demo keys (kept if there), the project file and ``edgemed release``; the release
+    and its first shipped target. Raises GateError / EdgemedError when none shipped."""
+    from .bundle import generate_keypair
+    from .release import release
+    from .release.flow import SHIPPED
+
     for kind, name in (("publisher", "publisher"), ("device", "demo-device")):
         if not (root / "keys" / f"{name}.key").is_file():
             generate_keypair(root / "keys", kind=kind, name=name)
@@ -161,8 +199,6 @@ def run_demo(out: str | os.PathLike[str] = "edgemed-demo", config: DemoConfig = 
     project = _write_project(root, config, targets)
     say(f"release for {', '.join(targets)}")
     rel = release(project, progress=say)
-    from .release.flow import SHIPPED
-
     first = next((t for t in rel.targets if t.status in SHIPPED), None)
     if first is None:
         from .errors import EdgemedError, GateError
@@ -171,10 +207,18 @@ def run_demo(out: str | os.PathLike[str] = "edgemed-demo", config: DemoConfig = 
         raise cls("no target was released", found="; ".join(
             f"{t.target}: {t.status}: {(t.error or {}).get('message')}" for t in rel.targets),
             fix=f"see {rel.report}")
-    art = Artifact.load(first.artifact)  # type: ignore[arg-type]
-    ref = Artifact.load(Path(first.artifact) / "reference")  # type: ignore[arg-type]
-    say("evaluating FP32 and INT8 on held-out patients")
-    xt, yt = xs["test"]
+    return rel, first
+
+
+def _held_out(root: Path, ref: Artifact, art: Artifact, xt: np.ndarray, yt: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, dict[str, Any], list[dict[str, Any]]]:
+    """FP32 and INT8 logits on the test split, their interleaved latency, and INT8 predictions
+    on the first four held-out DICOM files."""
+    from edgemed_runtime import open_artifact
+
+    from .bench.timing import interleaved_latency
+    from .dicom import DicomDataset
+
     names = ("no_lesion", "lesion")
     manifest = DicomDataset.from_manifest(root / "train-data", "test")
     test_files = [manifest.manifest.root / manifest.manifest.records[i].path
@@ -190,15 +234,4 @@ def run_demo(out: str | os.PathLike[str] = "edgemed-demo", config: DemoConfig = 
             probs = s8.predict(str(p))[0]
             preds.append({"file": os.path.relpath(p, root.resolve()), "label": names[int(lab)],
                           "predicted": names[int(probs.argmax())], "p_lesion": round(float(probs[1]), 4)})
-    return DemoResult(
-        out=root, artifact=art.path,
-        split={k: int(len(v[1])) for k, v in xs.items()},
-        history={"loss": hist.loss, "val_accuracy": hist.val_accuracy},
-        fp32=classification_metrics(softmax(l32.astype(np.float64)), yt),
-        int8=classification_metrics(softmax(l8.astype(np.float64)), yt),
-        agreement=agreement(l32, l8),
-        size_bytes={"fp32": ref.model_path.stat().st_size, "int8": art.model_path.stat().st_size},
-        latency_ms={"fp32": lat["fp32"].p50, "int8": lat["int8"].p50},
-        chosen_variant=str(first.chosen), why=str(first.why), predictions=preds,
-        release=rel.to_dict(),
-    )
+    return l32, l8, lat, preds
