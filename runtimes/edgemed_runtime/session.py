@@ -76,6 +76,11 @@ class Session:
     def labels(self) -> tuple[str, ...]:
         return self.io.labels
 
+    @property
+    def details(self) -> dict[str, Any]:
+        """What the backend chose when it opened the model (``BackendSession.details``), a copy."""
+        return dict(self._session().details)
+
     # -- running -------------------------------------------------------------------------
     def _session(self) -> BackendSession:
         if self._bs is None:

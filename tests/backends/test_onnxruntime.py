@@ -130,7 +130,7 @@ def test_cpu_session_reports_providers(run_chain: Any) -> None:
 
     art = run_chain([])
     with open_artifact(art, options={"providers": ["cuda", "cpu"]}) as s:
-        assert s._session().details["providers"][-1] == "CPUExecutionProvider"
+        assert s.details["providers"][-1] == "CPUExecutionProvider"
         assert s.run({"input": np.zeros((1, 1, 16, 16), np.float32)})["logits"].shape == (1, 2)
 
 

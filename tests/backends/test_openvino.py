@@ -41,12 +41,11 @@ class TestOvNncfInt8(BackendContract):
         model once, and both give the same logits per sample."""
         x = val_data.x[:5]
         with open_artifact(artifact, options={"threads": 1}) as s:
-            details = s._session().details
-            assert details["static_batch"] == 1 and "dynamic_compiled" not in details
+            assert s.details["static_batch"] == 1 and "dynamic_compiled" not in s.details
             single = np.concatenate([s.run({"input": x[i:i + 1]})["logits"] for i in range(5)])
-            assert "dynamic_compiled" not in details
+            assert "dynamic_compiled" not in s.details
             batched = s.run({"input": x})["logits"]
-            assert details["dynamic_compiled"] is True
+            assert s.details["dynamic_compiled"] is True
             again = s.run({"input": x[:3]})["logits"]
         np.testing.assert_allclose(batched, single, atol=1e-4, rtol=1e-4)
         np.testing.assert_allclose(again, single[:3], atol=1e-4, rtol=1e-4)
@@ -102,9 +101,9 @@ class TestOvNncfInt8(BackendContract):
 
     def test_static_batch_off(self, artifact: Any, val_data: Any) -> None:
         with open_artifact(artifact, options={"threads": 1, "static_batch": 0}) as s:
-            assert s._session().details["static_batch"] == 0
+            assert s.details["static_batch"] == 0
             out = s.run({"input": val_data.x[:4]})["logits"]
-            assert "dynamic_compiled" not in s._session().details
+            assert "dynamic_compiled" not in s.details
         assert out.shape == (4, 2)
 
 
@@ -119,7 +118,7 @@ class TestOvFp32(BackendContract):
     min_cosine = 0.99999
 
     def test_precision_is_f32(self, session: Any) -> None:
-        assert session._session().details["inference_precision"] == "f32"
+        assert session.details["inference_precision"] == "f32"
 
 
 class TestOvReadsQdqOnnx(BackendContract):

@@ -189,14 +189,23 @@ def test_engine_cache_key_too_short() -> None:
         EngineCache("/tmp", b"short")
 
 
-def test_backend_declares_requirements() -> None:
-    assert TensorRtBackend.formats == ("trt-plan-recipe",)
-    assert set(TensorRtBackend.requires) == {"tensorrt", "cuda-python"}
-    if importlib.util.find_spec("tensorrt") is None:
-        assert not TensorRtBackend.is_available()
-        with pytest.raises(Exception) as e:
-            TensorRtBackend.ensure_available()
-        assert "pip install" in str(e.value)
+def test_backend_without_cuda_bindings_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``tensorrt`` importable but not ``cuda``, whatever is installed here: unavailable,
+    and the error names the pip package to install (cuda-python, not the module name)."""
+    from importlib.machinery import ModuleSpec
+
+    from edgemed_runtime import MissingDependencyError
+    from edgemed_runtime.artifact import FORMATS
+
+    assert set(TensorRtBackend.formats) <= set(FORMATS)
+    fake = {"tensorrt": ModuleSpec("tensorrt", None), "cuda": None}
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, package=None: fake[name] if name in fake else real(name, package))
+    assert not TensorRtBackend.is_available()
+    with pytest.raises(MissingDependencyError) as e:
+        TensorRtBackend.ensure_available()
+    assert e.value.code == "missing-dependency" and e.value.fix == "pip install cuda-python"
 
 
 # -- the recipe pass ---------------------------------------------------------------------------
@@ -256,12 +265,12 @@ class TestTensorRtInt8(BackendContract):
 
         opts = {"engine_cache_key": KEY, "engine_cache_dir": str(tmp_path)}
         with open_artifact(artifact, options=opts) as s1:
-            assert s1._session().details["cache"] == "miss"
+            assert s1.details["cache"] == "miss"
             out1 = s1.run({"input": np.zeros((2, 1, 16, 16), np.float32)})["logits"]
         files = list(tmp_path.iterdir())
         assert len(files) == 1 and files[0].read_bytes().startswith(CACHE_MAGIC)
         with open_artifact(artifact, options=opts) as s2:
-            assert s2._session().details["cache"] == "hit"
+            assert s2.details["cache"] == "hit"
             out2 = s2.run({"input": np.zeros((2, 1, 16, 16), np.float32)})["logits"]
         np.testing.assert_allclose(out1, out2, atol=1e-5)
 

@@ -11,6 +11,7 @@ import importlib.util
 import threading
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import Any, Callable, ClassVar, Generic, Iterator, Mapping, TypeVar
 
 import numpy as np
@@ -87,6 +88,9 @@ class BackendSession(ABC):
 
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
+    #: What the backend chose when it opened the model (execution providers, inference
+    #: precision, engine cache hit...), for diagnostics; a backend assigns its own dict.
+    details: Mapping[str, Any] = MappingProxyType({})
 
     @abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -35,7 +35,7 @@ def _child(request_path: str) -> int:
         x = np.load(req["input"], allow_pickle=False)
         with open_artifact(art, backend=req["backend"], options=req["options"]) as sess:
             out = sess.run({art.io.input_name: x})[art.io.output_names[0]]
-            details = dict(getattr(sess._session(), "details", {}) or {})
+            details = sess.details
         np.save(req["output"], np.asarray(out), allow_pickle=False)
         print(json.dumps({"ok": True, "shape": list(out.shape),
                           "finite": bool(np.isfinite(out).all()), "details": details},

@@ -128,7 +128,7 @@ class WeightsSession(BackendSession):
         self._buffers = buffers
         self.input_names = inner.input_names
         self.output_names = inner.output_names
-        self.details = dict(getattr(inner, "details", {}) or {})
+        self.details = dict(inner.details)
         self._cond = threading.Condition()
         self._running = 0
         self._closed = False
