@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import os
+import re
 import tarfile
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -412,8 +413,21 @@ CASES = [
 ]
 
 
-def test_at_least_40_cases() -> None:
-    assert len(CASES) >= 40
+# codes of the signature and AEAD layers that no edit of a bundle reaches
+NOT_BY_TAMPERING = {
+    "statement-invalid": "a malformed statement that verifies needs the publisher's key",
+    "wrong-device-key-type": "the caller passed a key of the wrong kind, whatever the bundle",
+}
+
+
+def test_every_signature_and_aead_refusal_has_a_case() -> None:
+    """Each code ``bundle/oms.py`` and ``bundle/crypto.py`` raise is met by a case above (a new
+    refusal there needs one), and the case names are distinct."""
+    root = Path(rt.__file__).parent / "bundle"
+    raised = {code for f in ("oms.py", "crypto.py")
+              for code in re.findall(r'code="([a-z0-9-]+)"', (root / f).read_text())}
+    missing = raised - set(NOT_BY_TAMPERING) - {c.code for c in CASES}
+    assert raised and not missing, f"no tamper case for {sorted(missing)}"
     assert len({c.name for c in CASES}) == len(CASES)
 
 

@@ -14,7 +14,7 @@ from edgemed_runtime.dicom import read_image
 from .reference import pydicom_test_files, reference_display
 
 FILES = pydicom_test_files()
-RESULTS: dict[str, str] = {}
+MIN_COMPARED = 100  # of pydicom's offline test files (155 of 239 decode with this lock file)
 
 
 def _pydicom_decodes(path):
@@ -35,7 +35,6 @@ def _pydicom_decodes(path):
 def test_matches_pydicom(path):
     got = _pydicom_decodes(path)
     if got is None:
-        RESULTS[str(path)] = "skipped"
         pytest.skip("pydicom itself does not decode this file (or it has no pixels)")
     ds, arr = got
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -53,14 +52,12 @@ def test_matches_pydicom(path):
         got_display = img.display()
         assert got_display.shape == want.shape
         np.testing.assert_allclose(got_display, want, rtol=0, atol=2e-6, err_msg=path.name)
-    RESULTS[str(path)] = "passed"
 
 
-def test_report_counts():
-    """Runs last in this module: every tried file passed (the figure for the report)."""
-    tried = [k for k, v in RESULTS.items() if v != "skipped"]
-    passed = [k for k, v in RESULTS.items() if v == "passed"]
-    print(f"\nedgemed vs pydicom: {len(passed)} passed / {len(tried)} tried "
-          f"({len(RESULTS) - len(tried)} of {len(FILES)} files skipped: no pixel data, not DICOM, or pydicom cannot decode them)")
-    if RESULTS:
-        assert len(passed) == len(tried)
+def test_enough_files_are_compared():
+    """The comparison above is not vacuous, whatever else runs: the test data is installed and
+    pydicom decodes at least ``MIN_COMPARED`` of its files (the others are skipped there)."""
+    compared = sum(_pydicom_decodes(p) is not None for p in FILES)
+    print(f"\nedgemed vs pydicom: {compared} of {len(FILES)} files compared (the rest: no pixel "
+          "data, not DICOM, or pydicom cannot decode them)")
+    assert compared >= MIN_COMPARED, f"only {compared} of {len(FILES)} reference files decode"
