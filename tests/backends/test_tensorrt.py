@@ -200,8 +200,8 @@ def test_backend_without_cuda_bindings_names_the_package(monkeypatch: pytest.Mon
     assert set(TensorRtBackend.formats) <= set(FORMATS)
     fake = {"tensorrt": ModuleSpec("tensorrt", None), "cuda": None}
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, package=None: fake[name] if name in fake else real(name, package))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, package=None: (
+        fake[name] if name in fake else real(name, package)))
     assert not TensorRtBackend.is_available()
     with pytest.raises(MissingDependencyError) as e:
         TensorRtBackend.ensure_available()
