@@ -31,7 +31,7 @@ def spec16():
 @pytest.fixture(scope="session")
 def trained_tiny(synthetic_dir: Path, spec16):
     """TinyNet trained for a few epochs on the synthetic folder (seeded)."""
-    from tiny_models import make_net
+    from tests.helpers.tiny_models import make_net
 
     from edgemed.dicom import load_folder
     from edgemed.train import TrainConfig, train_classifier

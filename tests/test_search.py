@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "compression"))
-
-from edgemed.errors import InvalidInputError  # noqa: E402
-from edgemed.search import (SearchConfig, SearchSpace, SearchTask,  # noqa: E402
-                            SimulatedAnnealingSampler, chain, pareto_front, run_search)
+from edgemed.errors import InvalidInputError
+from edgemed.search import (SearchConfig, SearchSpace, SearchTask, SimulatedAnnealingSampler,
+                            chain, pareto_front, run_search)
 
 SMALL = SearchSpace(structured_ratio=(0.0, 0.5), importance=("l1",), sparsity=(0.0, 0.5),
                     clusters=(0, 16), precision=("int8-u8s8", "fp32"), calibration=("minmax",),
@@ -24,7 +20,7 @@ SMALL = SearchSpace(structured_ratio=(0.0, 0.5), importance=("l1",), sparsity=(0
 def task():
     import torch
 
-    from compress_helpers import synthetic_arrays as _arrays
+    from tests.helpers.compress_helpers import synthetic_arrays as _arrays
 
     from edgemed.search.demo import small_cnn
     from edgemed.train import TrainConfig, train_classifier

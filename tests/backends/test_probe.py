@@ -14,16 +14,15 @@ from edgemed_runtime import BackendError
 from edgemed_runtime.backends.base import _REGISTRY
 from edgemed_runtime.backends.probe import probe
 
-HERE = Path(__file__).resolve().parent
-PLUGIN = "crashing=crashing_backend:CrashingBackend"
+REPO = Path(__file__).resolve().parents[2]  # where the child process finds ``tests``
+SPEC = "tests.backends.crashing_backend:CrashingBackend"
 
 
 @pytest.fixture()
 def crashing(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("EDGEMED_RUNTIME_BACKENDS", PLUGIN)
-    monkeypatch.setenv("PYTHONPATH", f"{HERE}:{__import__('os').environ.get('PYTHONPATH', '')}")
-    monkeypatch.syspath_prepend(str(HERE))
-    monkeypatch.setitem(_REGISTRY, "crashing", "crashing_backend:CrashingBackend")
+    monkeypatch.setenv("EDGEMED_RUNTIME_BACKENDS", f"crashing={SPEC}")
+    monkeypatch.setenv("PYTHONPATH", f"{REPO}:{__import__('os').environ.get('PYTHONPATH', '')}")
+    monkeypatch.setitem(_REGISTRY, "crashing", SPEC)
     return "crashing"
 
 

@@ -130,11 +130,11 @@ def test_a_model_spec_is_built_first(bench_cache, tmp_path) -> None:
     one_variant = head + rr[:rr.index("[[variants]]", 1)]  # ort-int8-rr (+ the FP32 baseline)
     profile = tmp_path / "cpu-x86-u8s8.toml"
     profile.write_text(one_variant.replace('name = "cpu-x86"', 'name = "cpu-x86-u8s8"'))
-    res = bench("tiny_models:make_net", input_shape=(1, 1, 16, 16), target=str(profile),
+    res = bench("tests.helpers.tiny_models:make_net", input_shape=(1, 1, 16, 16), target=str(profile),
                 dicom=None, ceilings=False,
                 config=BenchConfig(runs=2, warmup=0, processes=1, cold_processes=0))
     d = res.data
-    assert d["built_from"] == "tiny_models:make_net" and Path(d["artifact"]).is_dir()
+    assert d["built_from"] == "tests.helpers.tiny_models:make_net" and Path(d["artifact"]).is_dir()
     from edgemed_runtime.artifact import Artifact
 
     chosen = Artifact.load(d["artifact"]).target["variant"]  # INT8, or FP32 if that is faster here

@@ -13,7 +13,7 @@ def task32():
     from edgemed.search.demo import small_cnn
     from edgemed.train import TrainConfig, train_classifier
 
-    from compress_helpers import synthetic_arrays
+    from tests.helpers.compress_helpers import synthetic_arrays
 
     train, val = synthetic_arrays(320, 1), synthetic_arrays(160, 2)
     torch.manual_seed(0)

@@ -31,7 +31,7 @@ def test_zeros_stay_zero():
 
 
 def test_cluster_pass_sizes_and_accuracy(torch_artifact, ctx, tmp_path, task32):
-    from compress_helpers import accuracy
+    from tests.helpers.compress_helpers import accuracy
 
     out = get_pass_class("cluster_weights")({"clusters": 32})(torch_artifact, tmp_path, ctx)
     rec = out.provenance[-1]

@@ -51,7 +51,7 @@ def test_early_stopping_restores_best(task32):
     res = finetune(model, _small(task32[1]), task32[2],
                    FinetuneConfig(epochs=20, full_lr=5e-2, patience=1, min_delta=0.5))
     assert res.stopped_early and len(res.history) == 1  # no epoch improves by 0.5
-    from compress_helpers import accuracy
+    from tests.helpers.compress_helpers import accuracy
 
     assert accuracy(model, task32[2]) == pytest.approx(res.best_metric)
 

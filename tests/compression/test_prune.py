@@ -49,7 +49,7 @@ def test_unstructured_reaches_sparsity_and_keeps_first_and_last(torch_artifact, 
 
 
 def test_unstructured_with_recovery_between_steps(torch_artifact, ctx, tmp_path, task32):
-    from compress_helpers import accuracy
+    from tests.helpers.compress_helpers import accuracy
 
     out = _run("prune_unstructured", {"sparsity": 0.7, "steps": 2, "schedule": "linear",
                                       "finetune_epochs": 1, "finetune_lr": 1e-3},

@@ -13,7 +13,7 @@ def test_qat_exports_qdq_int8_that_keeps_accuracy(torch_artifact, ctx, tmp_path,
     import onnx
     import onnxruntime as ort
 
-    from compress_helpers import accuracy
+    from tests.helpers.compress_helpers import accuracy
 
     out = get_pass_class("qat")({"epochs": 1})(torch_artifact, tmp_path, ctx)
     assert out.format == "onnx-qdq" and out.payload is None

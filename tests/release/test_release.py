@@ -16,7 +16,7 @@ from edgemed.release import load_release_config, release
 
 PROJECT = """
 [model]
-source = "tiny_models:make_net"
+source = "tests.helpers.tiny_models:make_net"
 weights = "tiny.pt"
 input = [1, 1, 16, 16]
 labels = ["no_lesion", "lesion"]
@@ -122,8 +122,8 @@ def test_release_is_reproducible(project: Path) -> None:
 def _fragile(project: Path, require_compressed: bool) -> None:
     text = project.read_text().replace("max_accuracy_drop = 0.05", "max_accuracy_drop = 0.0")
     text = text.replace("max_auc_drop = 0.05", "max_auc_drop = 0.0")
-    text = text.replace('source = "tiny_models:make_net"\nweights = "tiny.pt"',
-                        'source = "tiny_models:Fragile"')
+    text = text.replace('source = "tests.helpers.tiny_models:make_net"\nweights = "tiny.pt"',
+                        'source = "tests.helpers.tiny_models:Fragile"')
     if require_compressed:
         text = text.replace('out = "rel"', 'out = "rel"\nrequire_compressed = true')
     project.write_text(text)

@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from tiny_models import make_preact
 
 from edgemed.passes.base import BuildContext
 from edgemed.passes.export_onnx import ExportOnnx
@@ -18,6 +17,8 @@ from edgemed.passes.quantize.batchnorm import batchnorm_to_conv
 from edgemed.passes.quantize.onnxruntime import QuantizeOnnxRuntime
 from edgemed_runtime.artifact import Artifact
 from edgemed_runtime.iospec import IOSpec
+
+from tests.helpers.tiny_models import make_preact
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort  # noqa: E402

@@ -9,14 +9,15 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from selection_rules import assert_selection_rule
-from tiny_models import Fragile, make_net
 
 import edgemed
 from edgemed.dicom import LabelledArrays
 from edgemed.errors import GateError, InvalidInputError, ProfileError
 from edgemed.evaluate import GateConfig, run_gate
 from edgemed.targets import load_target
+
+from tests.helpers.selection_rules import assert_selection_rule
+from tests.helpers.tiny_models import Fragile, make_net
 
 
 def test_artifact_on_disk_with_provenance(tiny_artifact: edgemed.Artifact) -> None:

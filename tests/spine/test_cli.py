@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_models import Fragile
 from typer.testing import CliRunner
 
 from edgemed.cli import app
+
+from tests.helpers.tiny_models import Fragile
 
 runner = CliRunner()
 
@@ -29,7 +30,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory, trained_tiny) -> Path:  # 
 
 def test_build_predict_inspect(tmp_path: Path, weights: Path, synthetic_dir: Path) -> None:
     out = tmp_path / "out"
-    r = runner.invoke(app, ["build", "--model", "tiny_models:make_net", "--weights", str(weights),
+    r = runner.invoke(app, ["build", "--model", "tests.helpers.tiny_models:make_net", "--weights", str(weights),
                             "--input", "1x1x16x16", "--window", "40,400", "--calib", str(synthetic_dir),
                             "--val", str(synthetic_dir), "--labels", "no_lesion,lesion",
                             "--target", "cpu-x86", "-o", str(out), "--json"])
@@ -81,13 +82,13 @@ def test_gate_failure_exit_code_1(tmp_path: Path) -> None:
     ("args", "code"),
     [
         (["build", "--model", "no/such.onnx", "--input", "1x1x16x16", "-o", "{tmp}/o"], "not-found"),
-        (["build", "--model", "tiny_models:make_net", "--input", "1x3x16x16", "--calib", "{calib}",
+        (["build", "--model", "tests.helpers.tiny_models:make_net", "--input", "1x3x16x16", "--calib", "{calib}",
           "-o", "{tmp}/o"], "shape-mismatch"),
-        (["build", "--model", "tiny_models:make_net", "--input", "banana", "-o", "{tmp}/o"], "invalid-input"),
-        (["build", "--model", "tiny_models:make_net", "--input", "1x1x16x16", "--calib", "{empty}",
+        (["build", "--model", "tests.helpers.tiny_models:make_net", "--input", "banana", "-o", "{tmp}/o"], "invalid-input"),
+        (["build", "--model", "tests.helpers.tiny_models:make_net", "--input", "1x1x16x16", "--calib", "{empty}",
           "-o", "{tmp}/o"], "empty"),
         (["build", "--model", "{junk}", "--input", "1x1x16x16", "-o", "{tmp}/o"], "not-a-model"),
-        (["build", "--model", "tiny_models:make_net", "--input", "1x1x16x16", "--calib", "{calib}",
+        (["build", "--model", "tests.helpers.tiny_models:make_net", "--input", "1x1x16x16", "--calib", "{calib}",
           "--target", "no-such-target", "-o", "{tmp}/o"], "unknown-target"),
         (["predict", "{junk}", "{junk}"], "not-a-model"),
         (["predict", "{tmp}/nothing", "{junk}"], "not-found"),

@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from tiny_models import Divergent, NotExportable, TinyNet, make_net
 
 from edgemed.errors import ExportError, InvalidInputError
 from edgemed.model import load_model
@@ -16,6 +15,8 @@ from edgemed.passes.base import BuildContext
 from edgemed.passes.export_onnx import ExportOnnx
 from edgemed_runtime.artifact import Artifact
 from edgemed_runtime.iospec import IOSpec
+
+from tests.helpers.tiny_models import Divergent, NotExportable, TinyNet, make_net
 
 
 def _export(module: torch.nn.Module, tmp_path: Path, calib: np.ndarray | None = None) -> Artifact:
@@ -40,7 +41,7 @@ def test_factory_with_state_dict_and_checkpoint(tmp_path: Path) -> None:
     torch.save(net.state_dict(), tmp_path / "sd.pt")
     torch.save({"epoch": 3, "state_dict": net.state_dict()}, tmp_path / "ckpt.pt")
     for w in ("sd.pt", "ckpt.pt"):
-        src = load_model("tiny_models:make_net", weights=tmp_path / w)
+        src = load_model("tests.helpers.tiny_models:make_net", weights=tmp_path / w)
         assert torch.allclose(src.module.head.bias, torch.full((2,), 0.25))
 
 
@@ -81,7 +82,7 @@ def test_file_that_is_not_a_model(tmp_path: Path) -> None:
 def test_weights_that_do_not_fit(tmp_path: Path) -> None:
     torch.save(TinyNet(classes=3).state_dict(), tmp_path / "w.pt")
     with pytest.raises(InvalidInputError, match="do not fit"):
-        load_model("tiny_models:make_net", weights=tmp_path / "w.pt")
+        load_model("tests.helpers.tiny_models:make_net", weights=tmp_path / "w.pt")
 
 
 def test_export_is_opset17_single_file_dynamic_batch_with_parity(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from tiny_models import make_net
 
 from edgemed.calibration import sample_calibration, to_arrays
 from edgemed.errors import CalibrationError
@@ -18,6 +17,8 @@ from edgemed.passes.quantize.onnxruntime import QuantizeOnnxRuntime
 from edgemed_runtime.artifact import Artifact
 from edgemed_runtime.iospec import IOSpec
 from edgemed_runtime.preprocess import PreprocessSpec
+
+from tests.helpers.tiny_models import make_net
 
 IO = IOSpec(input_shape=(1, 1, 16, 16))
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from selection_rules import assert_selection_rule
 
 from edgemed.targets import host_matches, load_target
+
+from tests.helpers.selection_rules import assert_selection_rule
 
 
 def _build(tmp_path: Path, net: Any, data_dir: Path, spec: Any, target: str) -> Any:

@@ -1,4 +1,4 @@
-"""Tiny models for tests (importable as ``tiny_models:make_net``)."""
+"""Tiny models for tests (a model spec: ``tests.helpers.tiny_models:make_net``)."""
 
 from __future__ import annotations
 
