@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import shutil
+import tarfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -137,3 +139,20 @@ def open_args(keys: Keys, state: Path, **kw: Any) -> dict[str, Any]:
 def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
+
+
+Members = list[tuple[tarfile.TarInfo, bytes]]
+
+
+def rewrite_archive(archive: Path, edit: Callable[[Members], None],
+                    fmt: int = tarfile.GNU_FORMAT) -> None:
+    """Read a bundle archive's members (info, data), let ``edit`` change the list in place, and
+    write the archive back in tar format ``fmt``."""
+    with tarfile.open(archive, "r:") as tf:
+        members = [(m, tf.extractfile(m).read() if m.isreg() else b"") for m in tf]  # type: ignore[union-attr]
+    edit(members)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:", format=fmt) as tf:
+        for info, data in members:
+            tf.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    archive.write_bytes(buf.getvalue())

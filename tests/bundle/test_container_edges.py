@@ -5,7 +5,6 @@ a hang or a misleading one."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile
@@ -22,7 +21,7 @@ from edgemed_runtime.bundle import RollbackState, open_bundle, open_verified, ve
 from edgemed_runtime.bundle.format import canonical_json
 from edgemed_runtime.errors import BundleError, DeviceMismatchError, IntegrityError
 
-from .conftest import NOW, Keys, copy_bundle, open_args
+from .conftest import NOW, Keys, copy_bundle, open_args, rewrite_archive
 
 X = np.zeros((1, 1, 8, 8), np.float32)
 
@@ -52,14 +51,7 @@ def test_keys_folder_emptied_by_removing_the_last_device_is_not_an_empty_folder_
 
 
 def _rebuild(archive: Path, edit: Callable[[list[tuple[tarfile.TarInfo, bytes]]], None]) -> None:
-    with tarfile.open(archive, "r:") as tf:
-        members = [(m, tf.extractfile(m).read() if m.isreg() else b"") for m in tf]
-    edit(members)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:", format=tarfile.USTAR_FORMAT) as tf:
-        for info, data in members:
-            tf.addfile(info, io.BytesIO(data) if info.isreg() else None)
-    archive.write_bytes(buf.getvalue())
+    rewrite_archive(archive, edit, tarfile.USTAR_FORMAT)
 
 
 def _entry(name: str, type_: bytes, link: str = "") -> tuple[tarfile.TarInfo, bytes]:

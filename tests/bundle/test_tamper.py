@@ -4,7 +4,6 @@ rollback state is unchanged, and the previously accepted bundle still opens and 
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import re
@@ -33,7 +32,7 @@ from edgemed_runtime.errors import (
     RollbackError,
 )
 
-from .conftest import CREATED, EXPIRES, Keys, copy_bundle, open_args, resign
+from .conftest import CREATED, EXPIRES, Keys, copy_bundle, open_args, resign, rewrite_archive
 
 X = np.zeros((1, 1, 8, 8), np.float32)
 
@@ -252,14 +251,7 @@ def oversize(rel: str, size: int) -> Callable[[Path, Ctx], None]:
 
 def rebuild_archive(edit: Callable[[list[tuple[tarfile.TarInfo, bytes]]], None]) -> Callable[[Path, Ctx], None]:
     def m(b: Path, c: Ctx) -> None:
-        with tarfile.open(b, "r:") as tf:
-            members = [(mm, tf.extractfile(mm).read() if mm.isreg() else b"") for mm in tf]
-        edit(members)
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:", format=tarfile.GNU_FORMAT) as tf:
-            for info, data in members:
-                tf.addfile(info, io.BytesIO(data) if info.isreg() else None)
-        b.write_bytes(buf.getvalue())
+        rewrite_archive(b, edit)
     return m
 
 
