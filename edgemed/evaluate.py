@@ -224,11 +224,11 @@ def run_gate(ref_logits: np.ndarray, cand_logits: np.ndarray, y: np.ndarray | No
         ref_m = classification_metrics(ref_p, y)
         cand_m = classification_metrics(cand_p, y)
         if cfg.decision == "non-inferiority":
-            for metric in cfg.non_inferiority_metrics:
-                r = non_inferiority(ref_p, cand_p, y, metric=metric,
-                                    margin=cfg.non_inferiority_margin, confidence=cfg.confidence,
-                                    n_bootstrap=cfg.bootstrap, seed=cfg.bootstrap_seed)
-                ni[metric] = r
+            ni = non_inferiority_all(ref_p, cand_p, y, metrics=cfg.non_inferiority_metrics,
+                                     margin=cfg.non_inferiority_margin,
+                                     confidence=cfg.confidence, n_bootstrap=cfg.bootstrap,
+                                     seed=cfg.bootstrap_seed)
+            for metric, r in ni.items():
                 if not r["non_inferior"]:
                     reasons.append(
                         f"not non-inferior on {metric}: difference {r['difference']:+.4f}, "
@@ -410,22 +410,38 @@ def non_inferiority(ref_probs: np.ndarray, cand_probs: np.ndarray, y: np.ndarray
     Raises:
         InvalidInputError: mismatched shapes or an unknown metric.
     """
+    return non_inferiority_all(ref_probs, cand_probs, y, metrics=(metric,), margin=margin,
+                               confidence=confidence, n_bootstrap=n_bootstrap, seed=seed)[metric]
+
+
+def non_inferiority_all(ref_probs: np.ndarray, cand_probs: np.ndarray, y: np.ndarray, *,
+                        metrics: tuple[str, ...], margin: float = 0.05,
+                        confidence: float = 0.95, n_bootstrap: int = 1000, seed: int = 0
+                        ) -> dict[str, dict[str, Any]]:
+    """``non_inferiority`` for each of ``metrics``, on one set of paired resamples (each model's
+    metrics computed once). Returns {metric: result}. Raises InvalidInputError as it does."""
     ref_probs, y = _check_probs(ref_probs, y)
     cand_probs, _ = _check_probs(cand_probs, y)
     if ref_probs.shape != cand_probs.shape:
         raise InvalidInputError("reference and candidate outputs differ in shape",
                                 expected=str(ref_probs.shape), found=str(cand_probs.shape))
-    if metric not in ("accuracy", "sensitivity", "specificity", "auc"):
-        raise InvalidInputError("unknown non-inferiority metric",
-                                expected="accuracy, sensitivity, specificity or auc", found=metric)
-    diff = _point_metrics(cand_probs, y)[metric] - _point_metrics(ref_probs, y)[metric]
+    for metric in metrics:
+        if metric not in ("accuracy", "sensitivity", "specificity", "auc"):
+            raise InvalidInputError("unknown non-inferiority metric",
+                                    expected="accuracy, sensitivity, specificity or auc",
+                                    found=metric)
+    point_c, point_r = _point_metrics(cand_probs, y), _point_metrics(ref_probs, y)
     w = _counts(_resamples(len(y), n_bootstrap, seed), len(y))
-    diffs = (_weighted_metrics(cand_probs, y, w)[metric]
-             - _weighted_metrics(ref_probs, y, w)[metric])
-    lo, hi = _interval(diffs, confidence)
-    return {"metric": metric, "margin": margin, "difference": float(diff), "ci": (lo, hi),
-            "confidence": confidence, "non_inferior": bool(np.isfinite(lo) and lo > -margin),
-            "n": int(len(y)), "n_bootstrap": int(n_bootstrap)}
+    boot_c, boot_r = _weighted_metrics(cand_probs, y, w), _weighted_metrics(ref_probs, y, w)
+    out: dict[str, dict[str, Any]] = {}
+    for metric in metrics:
+        lo, hi = _interval(boot_c[metric] - boot_r[metric], confidence)
+        out[metric] = {"metric": metric, "margin": margin,
+                       "difference": float(point_c[metric] - point_r[metric]), "ci": (lo, hi),
+                       "confidence": confidence,
+                       "non_inferior": bool(np.isfinite(lo) and lo > -margin),
+                       "n": int(len(y)), "n_bootstrap": int(n_bootstrap)}
+    return out
 
 
 def clinical_report(probs: np.ndarray, y: np.ndarray, class_names: tuple[str, ...] | None = None,
