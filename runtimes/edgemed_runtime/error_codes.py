@@ -38,6 +38,7 @@ ERROR_CODES: dict[str, str] = {
     "bad-signature-format": "model.sig is malformed",
     "bad-split": "an unknown split name, bad split fractions, or split weights that cannot apply",
     "bad-storage": "cannot open the study storage",
+    "bad-volume": "a Volume's array is not 3D, its affine is not invertible, or slice references do not match",
     "bad-window": "--window must be 'center,width'",
     "bench-nothing-ran": "no candidate could be opened",
     "bench-timeout": "a benchmark worker ran past its time limit",
