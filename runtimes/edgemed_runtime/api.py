@@ -47,7 +47,8 @@ def open_artifact(
         ) from None
     bs = be.open(model, artifact.io, opts)
     return Session(bs, artifact.io, artifact.preprocess, name,
-                   info={"format": artifact.format, "path": str(artifact.path)})
+                   info={"format": artifact.format, "path": str(artifact.path)},
+                   task=artifact.task, inference=getattr(artifact, "inference", None))
 
 
 def open(  # noqa: A001 - mirrors builtins.open on purpose: edgemed.runtime.open(...)

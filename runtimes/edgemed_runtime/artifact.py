@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import InvalidInputError
+from .inference.spec import InferenceSpec
 from .iospec import IOSpec
 from .preprocess import PreprocessSpec
+from .tasks import TaskSpec
 from .util import atomic_write_bytes
 
 ARTIFACT_FILE = "artifact.json"
@@ -38,6 +40,9 @@ class Artifact:
         metrics: the accuracy gate's results and other measurements.
         target: ``{"name": ..., "hash": ...}`` of the target profile used.
         extra_files: other files the model needs (relative to ``path``).
+        task: what the model's output means (classification, multilabel, segmentation).
+        inference: how the device runs the model over an input (whole or sliding windows);
+            None = one call on the whole input.
         payload: an in-memory model (``torch`` format only; never serialised).
     """
 
@@ -52,6 +57,8 @@ class Artifact:
     metrics: Mapping[str, Any] = field(default_factory=dict)
     target: Mapping[str, Any] = field(default_factory=dict)
     extra_files: tuple[str, ...] = ()
+    task: TaskSpec = field(default_factory=TaskSpec)
+    inference: InferenceSpec | None = None
     payload: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -78,6 +85,12 @@ class Artifact:
         return replace(self, provenance=(*self.provenance, dict(record)))
 
     def to_dict(self) -> dict[str, Any]:
+        d = self._fields_dict()
+        if self.inference is not None:
+            d["inference"] = self.inference.to_dict()
+        return d
+
+    def _fields_dict(self) -> dict[str, Any]:
         return {
             "kind": "edgemed-artifact",
             "artifact_version": ARTIFACT_VERSION,
@@ -91,6 +104,7 @@ class Artifact:
             "target": dict(self.target),
             "metrics": dict(self.metrics),
             "provenance": [dict(r) for r in self.provenance],
+            "task": self.task.to_dict(),
         }
 
     def save(self) -> Path:
@@ -126,6 +140,9 @@ class Artifact:
             target=dict(d.get("target", {})),
             metrics=dict(d.get("metrics", {})),
             provenance=tuple(d.get("provenance", ())),
+            inference=(None if d.get("inference") is None
+                       else InferenceSpec.from_dict(d["inference"])),
+            task=TaskSpec.from_dict(d.get("task")),
         )
 
     @classmethod

@@ -15,7 +15,9 @@ class IOSpec:
     """What a model takes and returns.
 
     ``input_shape`` includes the batch dimension; with ``dynamic_batch`` the first dimension is
-    a placeholder (stored as given, usually 1) and any batch size is accepted.
+    a placeholder (stored as given, usually 1) and any batch size is accepted. With
+    ``dynamic_spatial`` (fully-convolutional models) the spatial sizes after the channel axis are
+    the example's (the ROI) and any size of the same rank is accepted.
     """
 
     input_name: str = "input"
@@ -24,6 +26,7 @@ class IOSpec:
     output_names: tuple[str, ...] = ("logits",)
     dynamic_batch: bool = True
     labels: tuple[str, ...] = field(default_factory=tuple)
+    dynamic_spatial: bool = False
 
     def __post_init__(self) -> None:
         if len(self.input_shape) < 2 or any(int(d) <= 0 for d in self.input_shape):
@@ -48,9 +51,22 @@ class IOSpec:
 
     def check_batch(self, shape: tuple[int, ...]) -> None:
         """Raise InvalidInputError if ``shape`` (with batch) does not fit this spec."""
-        if tuple(shape[1:]) != self.sample_shape or (
-            not self.dynamic_batch and shape[0] != self.input_shape[0]
-        ):
+        if self.dynamic_spatial:
+            fits = len(shape) == len(self.input_shape) and shape[1] == self.input_shape[1] and (
+                self.dynamic_batch or shape[0] == self.input_shape[0])
+        else:
+            fits = tuple(shape[1:]) == self.sample_shape and (
+                self.dynamic_batch or shape[0] == self.input_shape[0])
+        if not fits:
+            if self.dynamic_spatial:
+                raise InvalidInputError(
+                    "input tensor has the wrong rank or channel count",
+                    expected=f"Nx{self.input_shape[1]}" + "x?" * (len(self.input_shape) - 2),
+                    found="x".join(map(str, shape)),
+                    fix="give predict() a series folder, a Volume or a DICOM path so the stored "
+                    "preprocessing shapes the input",
+                )
+        if not fits:
             want = ("N" if self.dynamic_batch else str(self.input_shape[0])) + "x" + "x".join(
                 map(str, self.sample_shape)
             )
@@ -70,6 +86,7 @@ class IOSpec:
             "output_names": list(self.output_names),
             "dynamic_batch": self.dynamic_batch,
             "labels": list(self.labels),
+            **({"dynamic_spatial": True} if self.dynamic_spatial else {}),
         }
 
     @classmethod
@@ -81,6 +98,7 @@ class IOSpec:
             output_names=tuple(str(x) for x in d.get("output_names", ("logits",))),
             dynamic_batch=bool(d.get("dynamic_batch", True)),
             labels=tuple(str(x) for x in d.get("labels", ())),
+            dynamic_spatial=bool(d.get("dynamic_spatial", False)),
         )
 
 

@@ -62,18 +62,21 @@ from .bundle.keys import (
 )
 from .bundle.loader import runtime_version, unverified_signed_files, wrapped_key_entry
 from .bundle.oms import build_signature, build_statement, pae
+from .bundle.requirements import DeviceRequirements, requirements_for, requirements_of
 from .bundle.weights import ALIGN, pack_weights
 from .dicom import load_input, read_dataset, read_image
 from .dicom.guard import MAX_FRAME_PIXELS, MAX_TOTAL_PIXELS
 from .dicom.quiet import quiet
+from .dicom.series_filter import ORIENTATIONS, SeriesFilter, image_type_of, orientation_of
 from .iospec import parse_shape
-from .session import softmax
+from .tasks import softmax
 from .util import atomic_write_bytes, sha256_file
 
 __all__ = [
-    "ALIGN", "ARCHIVE_SUFFIX", "ARTIFACT_FILE", "BundleManifest", "DEFAULT_CHUNK",
+    "ALIGN", "ARCHIVE_SUFFIX", "ARTIFACT_FILE", "BundleManifest", "DEFAULT_CHUNK", "DeviceRequirements",
     "FORMAT_VERSION", "KEYS_DIR", "MANIFEST_FILE", "MANIFEST_KIND", "MAX_CHUNK",
-    "MAX_FRAME_PIXELS", "MAX_TOTAL_PIXELS", "MIN_CHUNK", "PAYLOAD_DIR", "PayloadEntry",
+    "MAX_FRAME_PIXELS", "MAX_TOTAL_PIXELS", "MIN_CHUNK", "ORIENTATIONS", "SeriesFilter",
+    "image_type_of", "orientation_of", "PAYLOAD_DIR", "PayloadEntry",
     "SIGNATURE_FILE", "STREAM_SCHEME", "TrtRecipe", "VerifiedBundle", "WRAPPED_KEY_KIND",
     "atomic_write_bytes", "backend_class", "backend_names", "build_signature",
     "build_statement", "canonical_json", "check_commitment", "check_family",
@@ -82,7 +85,7 @@ __all__ = [
     "load_input", "load_private_key", "load_public_key", "new_data_key", "open_bundle",
     "pack_archive", "pack_ir", "pack_recipe", "pack_weights", "pae", "parse_manifest",
     "parse_shape", "probe", "publisher_hint", "quiet", "read_bundle", "read_dataset",
-    "read_image", "runtime_version", "sha256_file", "softmax", "spki_pem",
+    "read_image", "requirements_for", "requirements_of", "runtime_version", "sha256_file", "softmax", "spki_pem",
     "unverified_signed_files", "unwrap_data_key", "verify_bundle", "wanted_providers",
     "wrap_data_key", "wrapped_key_entry",
 ]

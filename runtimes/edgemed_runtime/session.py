@@ -17,6 +17,7 @@ from .backends.base import BackendSession
 from .errors import InvalidInputError
 from .iospec import IOSpec
 from .preprocess import PreprocessSpec
+from .tasks import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,8 @@ class TensorInfo:
     dtype: str
 
 
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax."""
-    z = x - x.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
+def _is_volume(preprocess: Any) -> bool:
+    return getattr(preprocess, "kind", "image") == "volume"
 
 
 class Session:
@@ -43,24 +41,31 @@ class Session:
     Args:
         backend_session: the backend's loaded model.
         io: the IO spec.
-        preprocess: the PreprocessSpec applied by ``predict``.
+        preprocess: the PreprocessSpec (2D) or VolumeSpec (3D) applied by ``predict``.
         backend: the backend's name.
         info: extra description (format, bundle id...) shown by ``describe``.
+        task: what the output means (default: classification).
+        inference: how a volume is run (whole or sliding window; None: whole).
     """
 
     def __init__(
         self,
         backend_session: BackendSession,
         io: IOSpec,
-        preprocess: PreprocessSpec,
+        preprocess: Any,
         backend: str,
         info: Mapping[str, Any] | None = None,
+        *,
+        task: TaskSpec | None = None,
+        inference: Any = None,
     ) -> None:
         self._bs: BackendSession | None = backend_session
         self.io = io
         self.preprocess = preprocess
         self.backend = backend
         self.info = dict(info or {})
+        self.task = task or TaskSpec()
+        self.inference = inference
 
     # -- description ---------------------------------------------------------------------
     @property
@@ -108,18 +113,45 @@ class Session:
     def logits(self, x: Any) -> np.ndarray:
         """First output for ``x`` (see ``predict`` for what ``x`` may be)."""
         batch = self.prepare(x)
+        if _is_volume(self.preprocess):
+            from .volume.run import forward
+
+            return forward(self, batch)
         return self.run({self.io.input_name: batch})[self.io.output_names[0]]
 
-    def predict(self, x: Any) -> np.ndarray:
-        """Class probabilities (softmax of the first output) for ``x``.
+    def predict(self, x: Any, *, probabilities: bool = False) -> Any:
+        """Decoded output of the first model output for ``x``, by the artifact's task.
 
         ``x`` may be a DICOM path, a list of paths, one preprocessed sample (C, H, W...), or a
-        batch (N, C, H, W...). Returns an array (N, classes).
+        batch (N, C, H, W...); for a volume model, a series folder, the series' files, a
+        ``Volume`` or a (z, y, x) array. Returns (N, classes) probabilities for classification
+        and multilabel; a ``SegmentationResult`` (labels on the input's own grid;
+        ``probabilities=True`` adds them) for segmentation.
         """
-        return softmax(self.logits(x).astype(np.float32))
+        if _is_volume(self.preprocess) and not self._preprocessed(x):
+            from .volume.run import predict_volume
+
+            return predict_volume(self, x, probabilities=probabilities)
+        return self.task.task.decode(self.logits(x).astype(np.float32), self.task, self.io.labels)
+
+    def _preprocessed(self, x: Any) -> bool:
+        """True for an already model-shaped array (C, *spatial) or batch."""
+        return isinstance(x, np.ndarray) and x.ndim in (len(self.io.input_shape) - 1,
+                                                        len(self.io.input_shape))
 
     def prepare(self, x: Any) -> np.ndarray:
-        """Turn paths / samples / batches into one input batch."""
+        """Turn paths / samples / batches (or, for a volume model, a series) into one batch."""
+        if _is_volume(self.preprocess) and not self._preprocessed(x):
+            from .volume.run import prepare_volume
+
+            return prepare_volume(self, x)[0]
+        if isinstance(x, (str, os.PathLike)) and Path(x).is_dir():
+            raise InvalidInputError(
+                "this model takes single images, not a series folder",
+                expected="a DICOM file (or a list of files)", found="a folder",
+                fix="pass one image file, or build a volume model (a VolumeSpec) for series",
+                code="not-image",
+            )
         if isinstance(x, (str, os.PathLike)):
             return self._load_paths([x])
         if isinstance(x, np.ndarray):
