@@ -11,12 +11,14 @@ import csv
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from edgemed.errors import EdgemedError, InvalidInputError
-from edgemed_runtime.sdk import MAX_FRAME_PIXELS, MAX_TOTAL_PIXELS
+from edgemed_runtime.sdk import (MAX_FRAME_PIXELS, MAX_TOTAL_PIXELS, ORIENTATIONS, SeriesFilter,
+                                 image_type_of, orientation_of)
 
-ORIENTATIONS = ("axial", "coronal", "sagittal", "oblique", "unknown")
+__all__ = ["ORIENTATIONS", "Record", "SeriesFilter", "discover", "dicom_files", "index_folder",
+           "orientation_of"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Record:
     rows: int
     columns: int
     photometric: str
+    image_type: tuple[str, ...] = ()
 
     @property
     def scanner(self) -> str:
@@ -47,57 +50,9 @@ class Record:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Record":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
-
-
-@dataclass(frozen=True)
-class SeriesFilter:
-    """Which files to keep: each given criterion must match (None = any).
-
-    Fields: modality / body_part / orientation (sets of accepted values, case-insensitive),
-    min_frames / max_frames (inclusive).
-    """
-
-    modality: tuple[str, ...] | None = None
-    body_part: tuple[str, ...] | None = None
-    orientation: tuple[str, ...] | None = None
-    min_frames: int | None = None
-    max_frames: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.orientation:
-            bad = [o for o in self.orientation if o.lower() not in ORIENTATIONS]
-            if bad:
-                raise InvalidInputError("unknown orientation", expected=", ".join(ORIENTATIONS),
-                                        found=", ".join(bad), code="bad-filter")
-
-    def accepts(self, r: Record) -> bool:
-        def ok(values: tuple[str, ...] | None, value: str) -> bool:
-            return values is None or value.upper() in {v.upper() for v in values}
-
-        return (ok(self.modality, r.modality) and ok(self.body_part, r.body_part)
-                and ok(self.orientation, r.orientation)
-                and (self.min_frames is None or r.frames >= self.min_frames)
-                and (self.max_frames is None or r.frames <= self.max_frames))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def orientation_of(iop: Iterable[float] | None) -> str:
-    """Axial / coronal / sagittal from Image Orientation (Patient), by the slice normal."""
-    try:
-        v = [float(x) for x in iop] if iop is not None else []
-    except (TypeError, ValueError):
-        return "unknown"
-    if len(v) != 6:
-        return "unknown"
-    r, c = v[:3], v[3:]
-    n = (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
-    mags = [abs(x) for x in n]
-    if max(mags) < 0.8:
-        return "oblique"
-    return ("sagittal", "coronal", "axial")[mags.index(max(mags))]
+        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        fields["image_type"] = tuple(fields.get("image_type", ()))  # absent in older manifests
+        return cls(**fields)
 
 
 def dicom_files(root: Path) -> list[Path]:
@@ -201,5 +156,6 @@ def _index(base: Path, labels_csv: str | os.PathLike[str] | None, read_dataset: 
             orientation=orientation_of(ds.get("ImageOrientationPatient")), frames=frames,
             manufacturer=_text(ds, "Manufacturer", "unknown"), model=_text(ds, "ManufacturerModelName", "unknown"),
             rows=rows, columns=cols, photometric=_text(ds, "PhotometricInterpretation", ""),
+            image_type=image_type_of(ds),
         ))
     return records, skipped
