@@ -37,6 +37,7 @@ from .errors import GateError, InvalidInputError, MissingDependencyError, Profil
 from .evaluate import GateConfig, GateResult, check_labels, run_gate
 from .model import ModelSource, load_model
 from .passes.base import BuildContext, get_pass_class
+from .progress import plan_variants, reporter
 from .targets import TargetProfile, Variant, cpu_flags, host_matches, isa_summary, load_target
 
 REPORT_FILE = "report.json"
@@ -210,7 +211,8 @@ def build(
     weights: str | os.PathLike[str] | None = None,
     gate: GateConfig | None = None,
     options: BuildOptions | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | bool | None = None,
+    quiet: bool = False,
 ) -> Artifact:
     """Build the best artifact of ``model`` for ``target``.
 
@@ -227,6 +229,8 @@ def build(
         labels: class names, in output order.
         preprocess: the PreprocessSpec (default: resize to the input size, window from the file).
         gate: accuracy gate limits (default: the profile's).
+        progress, quiet: None shows progress lines on stderr; False or quiet=True nothing; a
+            callable gets ``edgemed.progress.ProgressEvent`` s (str messages with fields).
     Returns:
         the chosen Artifact (on disk in ``out``).
     Raises:
@@ -234,7 +238,7 @@ def build(
         GateError: no candidate passed the gate (``out/report.json`` is written, no artifact).
     """
     opts = options or BuildOptions()
-    say = progress or (lambda msg: None)
+    say = reporter(progress, quiet=quiet)  # edgemed/progress.py: None shows a display
     t_start = time.perf_counter()
     profile = load_target(target)
     gate_cfg = gate or profile.gate
@@ -468,7 +472,9 @@ class _Build:
         Raises:
             GateError: nothing may ship (``report.json`` alone is written).
         """
-        for name in self.candidates():
+        names = self.candidates()
+        plan_variants(self.ctx.progress, names)
+        for name in names:
             self.gate_one(name)
         baseline, profile = self.profile.baseline, self.profile
         fallback_needed = not self.compressed() and self.opts.select in ("auto", "default")
