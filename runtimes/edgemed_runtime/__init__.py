@@ -29,6 +29,7 @@ from .errors import (  # noqa: E402
 from .iospec import IOSpec  # noqa: E402
 from .preprocess import PreprocessSpec  # noqa: E402
 from .session import Session, TensorInfo  # noqa: E402
+from .volume import VolumeSpec  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -38,5 +39,5 @@ __all__ = [
     "DeviceMismatchError", "EdgemedError", "ExpiredError", "IOSpec", "IntegrityError",
     "InvalidInputError", "MissingDependencyError", "PreprocessSpec", "ProfileError",
     "RollbackError", "Session", "TensorInfo", "is_bundle", "open", "open_artifact",
-    "register_backend", "__version__",
+    "register_backend", "VolumeSpec", "__version__",
 ]

@@ -16,8 +16,10 @@ from .errors import InvalidInputError
 from .inference.spec import InferenceSpec
 from .iospec import IOSpec
 from .preprocess import PreprocessSpec
+from .specs import spec_from_dict
 from .tasks import TaskSpec
 from .util import atomic_write_bytes
+from .volume.spec import VolumeSpec
 
 ARTIFACT_FILE = "artifact.json"
 ARTIFACT_VERSION = 1
@@ -33,7 +35,8 @@ class Artifact:
         format: one of FORMATS.
         model_file: main model file, relative to ``path`` (empty for in-memory ``torch``).
         io: the IO spec.
-        preprocess: the PreprocessSpec the model was built and validated with.
+        preprocess: the PreprocessSpec (2D) or VolumeSpec (volumes) the model was built and
+            validated with.
         backend: the runtime backend that runs it.
         backend_options: backend settings the target asked for (threads, precision...).
         provenance: one record per pass, oldest first.
@@ -50,7 +53,7 @@ class Artifact:
     format: str
     model_file: str
     io: IOSpec
-    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+    preprocess: PreprocessSpec | VolumeSpec = field(default_factory=PreprocessSpec)
     backend: str = "onnxruntime"
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     provenance: tuple[Mapping[str, Any], ...] = ()
@@ -136,7 +139,7 @@ class Artifact:
             backend=str(d.get("backend", "onnxruntime")),
             backend_options=dict(d.get("backend_options", {})),
             io=IOSpec.from_dict(d["io"]),
-            preprocess=PreprocessSpec.from_dict(d.get("preprocess", {})),
+            preprocess=spec_from_dict(d.get("preprocess", {})),
             target=dict(d.get("target", {})),
             metrics=dict(d.get("metrics", {})),
             provenance=tuple(d.get("provenance", ())),
