@@ -29,6 +29,8 @@ from .errors import (  # noqa: E402
 from .iospec import IOSpec  # noqa: E402
 from .preprocess import PreprocessSpec  # noqa: E402
 from .session import Session, TensorInfo  # noqa: E402
+from .dicom.series import read_series  # noqa: E402
+from .volume.core import SliceRef, Volume  # noqa: E402
 from .volume import VolumeSpec  # noqa: E402
 
 __version__ = "0.1.0"
@@ -38,6 +40,7 @@ __all__ = [
     "Artifact", "Backend", "BackendError", "BackendSession", "BundleError",
     "DeviceMismatchError", "EdgemedError", "ExpiredError", "IOSpec", "IntegrityError",
     "InvalidInputError", "MissingDependencyError", "PreprocessSpec", "ProfileError",
-    "RollbackError", "Session", "TensorInfo", "is_bundle", "open", "open_artifact",
+    "RollbackError", "Session", "SliceRef", "TensorInfo", "Volume", "is_bundle", "open",
+    "open_artifact", "read_series",
     "register_backend", "VolumeSpec", "__version__",
 ]

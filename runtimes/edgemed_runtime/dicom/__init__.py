@@ -7,5 +7,8 @@ Every failure is an ``InvalidInputError`` (or ``MissingDependencyError``) with a
 
 from .guard import read_dataset
 from .reader import DicomImage, load_input, read_dataset_image, read_image
+from .series import read_series
+from .series_filter import SeriesFilter
 
-__all__ = ["DicomImage", "load_input", "read_dataset", "read_dataset_image", "read_image"]
+__all__ = ["DicomImage", "SeriesFilter", "load_input", "read_dataset", "read_dataset_image",
+           "read_image", "read_series"]
