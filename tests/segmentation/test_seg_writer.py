@@ -149,6 +149,50 @@ def test_binary_seg_reads_back_voxel_by_voxel(orientation: str, reverse: bool) -
     assert any(not (labels[k] == 2).any() for k in range(vol.shape[0]))  # label 2 absent somewhere
 
 
+def test_multi_frame_source_maps_frames_by_number() -> None:
+    """An Enhanced (multi-frame) CT source: the volume's slices name frames, here in the reverse
+    of the file's frame order; SEG frame i references the frame its slice came from."""
+    series = make_series(n=8, orientation="oblique")
+    mf = hd.legacy.LegacyConvertedEnhancedCTImage(series, series_instance_uid=hd.UID(), series_number=5,
+                                                  sop_instance_uid=hd.UID(), instance_number=1)
+    positions = [np.asarray(g.PlanePositionSequence[0].ImagePositionPatient, float)
+                 for g in mf.PerFrameFunctionalGroupsSequence]
+    frames = [1 + int(np.argmin([np.linalg.norm(p - np.asarray(ds.ImagePositionPatient, float))
+                                 for p in positions])) for ds in series]
+    assert frames == list(range(len(series), 0, -1))  # the file's frames run the other way
+    header = Dataset()
+    header.update({e.tag: e for e in mf if e.keyword != "PixelData"})
+    vol = volume_of(series).evolve(slices=tuple(SliceRef(mf.SOPClassUID, mf.SOPInstanceUID, f) for f in frames),
+                          headers=(header,))
+    labels = make_labels(vol.shape)
+    seg = hd.seg.segread(seg_bytes(labels, vol, label_names=NAMES, algorithm=ALGO))
+    back = seg.get_pixels_by_source_frame(mf.SOPInstanceUID, source_frame_numbers=frames,
+                                          combine_segments=True, assert_missing_frames_are_empty=True)
+    assert np.array_equal(back, labels)
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        src = item.DerivationImageSequence[0].SourceImageSequence[0]
+        pos = np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, float)
+        assert src.ReferencedSOPInstanceUID == mf.SOPInstanceUID
+        assert np.allclose(pos, positions[int(src.ReferencedFrameNumber) - 1], atol=1e-4)
+
+
+@pytest.mark.parametrize("orientation", ["axial", "sagittal", "oblique"])
+def test_series_read_from_files_round_trips(orientation: str, tmp_path: Path) -> None:
+    """The real path: files on disk (written in reverse order) -> read_series -> SEG -> highdicom."""
+    read_series = pytest.importorskip("edgemed_runtime.dicom.series").read_series
+    series = make_series(n=10, orientation=orientation, seed=4)
+    for i, ds in enumerate(reversed(series)):
+        ds.save_as(tmp_path / f"IM{i:03d}.dcm", enforce_file_format=True)
+    vol = read_series(tmp_path)
+    assert vol.sop_uids == tuple(ds.SOPInstanceUID for ds in series)
+    labels = make_labels(vol.shape, seed=5)
+    seg, back = readback(seg_bytes(labels, vol, label_names=NAMES, algorithm=ALGO), vol)
+    assert np.array_equal(back, labels)
+    by_uid = {ds.SOPInstanceUID: ds for ds in series}
+    for uid, _, pos in frame_sources(seg):
+        assert np.allclose(pos, [float(v) for v in by_uid[uid].ImagePositionPatient], atol=1e-4)
+
+
 def test_seg_references_series_and_frame_of_reference() -> None:
     series = make_series(n=8)
     vol = volume_of(series)
@@ -258,6 +302,9 @@ def test_headers_that_disagree_with_the_volume_are_refused() -> None:
     flipped = vol.evolve(affine=volume_of(series, reverse=True).affine)  # slices one way, grid the other
     assert _refusal(labels, flipped).code == "seg-geometry"
     assert _refusal(labels, vol.evolve(headers=vol.headers[:-1])).code == "seg-geometry"
+    shifted = vol.affine.copy()
+    shifted[:3, 3] += shifted[:3, 0]  # the grid one slice up: every label one slice off
+    assert _refusal(labels, vol.evolve(affine=shifted)).code == "seg-geometry"
     small = volume_of(make_series(n=8, size=24))
     assert _refusal(labels[:, :24, :24], small.evolve(headers=vol.headers,
                                                       slices=vol.slices)).code == "seg-geometry"
