@@ -27,7 +27,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgemed_runtime import Artifact, IOSpec, PreprocessSpec, open_artifact
+from edgemed_runtime import (Artifact, InferenceSpec, IOSpec, PreprocessSpec, TaskSpec, VolumeSpec,
+                             open_artifact)
 from edgemed_runtime.sdk import atomic_write_bytes
 
 from .bench.timing import interleaved_latency
@@ -93,14 +94,15 @@ def _io_spec(src: ModelSource, example_input: Any, input_shape: Any, labels: Any
     return IOSpec(input_shape=shape, labels=tuple(labels or ()))
 
 
-def _check_forward(src: ModelSource, io: IOSpec) -> int:
-    """Run the model once on zeros; return the number of classes. Raises on a shape mismatch."""
+def _check_forward(src: ModelSource, io: IOSpec, task: TaskSpec) -> int:
+    """Run the model once on zeros; return its output channels (classes / labels). Raises when
+    the input shape is refused or the output does not fit ``task``."""
     if src.kind == "onnx":
         import onnxruntime as ort
 
         s = ort.InferenceSession(str(src.onnx_path), providers=["CPUExecutionProvider"])
         out = s.run(None, {io.input_name: np.zeros(io.input_shape, np.float32)})[0]
-        return int(out.shape[-1])
+        return task.task.check_output(out.shape, io.input_shape, io.labels)
     import torch
 
     try:
@@ -116,10 +118,34 @@ def _check_forward(src: ModelSource, io: IOSpec) -> int:
             code="shape-mismatch",
         ) from None
     out = out[0] if isinstance(out, (tuple, list)) else out
-    if out.ndim != 2:
-        raise InvalidInputError("the model must output (batch, classes) logits",
-                                found=str(tuple(out.shape)))
-    return int(out.shape[-1])
+    return task.task.check_output(tuple(out.shape), io.input_shape, io.labels)
+
+
+def _default_spec(io: IOSpec) -> Any:
+    """The preprocessing when none is given: resize (2D) / crop-pad (volumes) to the input."""
+    if len(io.sample_shape) == 4:  # (C, D, H, W): a volume model
+        return VolumeSpec(size=tuple(io.sample_shape[1:]), channels=io.sample_shape[0])  # type: ignore[arg-type]
+    return PreprocessSpec(size=tuple(io.sample_shape[-2:]),  # type: ignore[arg-type]
+                          channels=io.sample_shape[0] if io.sample_shape[0] in (1, 3) else 1)
+
+
+def _is_series_data(source: Any, spec: Any) -> bool:
+    return isinstance(spec, VolumeSpec) and isinstance(source, (str, os.PathLike)) and Path(
+        source).is_dir()
+
+
+def _calibration(source: Any, io: IOSpec, spec: Any, inference: InferenceSpec | None,
+                 profile: TargetProfile) -> Any:
+    """The calibration set: streamed from DICOM series for a volume model, else as before."""
+    if source is None:
+        return None
+    count, seed = profile.calibration.count, profile.calibration.seed
+    if _is_series_data(source, spec):
+        from .volumes import sample_volume_calibration
+
+        return sample_volume_calibration(source, io, spec, inference=inference, count=count,
+                                         seed=seed)
+    return sample_calibration(source, io, spec, count=count, seed=seed)
 
 
 class _Runner:
@@ -197,6 +223,22 @@ def _logits(art: Artifact, backend: str, options: dict[str, Any], x: np.ndarray,
                                for i in range(0, len(x), batch)])
 
 
+def _model_io(model: Any, weights: Any, example_input: Any, input_shape: Any, labels: Any,
+              task: TaskSpec | str | None) -> tuple[ModelSource, IOSpec, int, TaskSpec]:
+    """Load the model and check one forward pass: (source, IO spec, output channels, task)."""
+    task_spec = task if isinstance(task, TaskSpec) else TaskSpec(name=task or "classification")
+    src = load_model(model, weights=weights)
+    io = _io_spec(src, example_input, input_shape, labels)
+    if task_spec.task.spatial_output:
+        io = dataclasses.replace(io, dynamic_spatial=True)
+    n_classes = _check_forward(src, io, task_spec)
+    if io.labels and len(io.labels) != n_classes:
+        raise InvalidInputError("number of labels differs from the model's outputs",
+                                expected=str(n_classes), found=str(len(io.labels)),
+                                code="label-mismatch")
+    return src, io, n_classes, task_spec
+
+
 def build(
     model: Any,
     example_input: Any = None,
@@ -213,6 +255,8 @@ def build(
     options: BuildOptions | None = None,
     progress: Callable[[str], None] | bool | None = None,
     quiet: bool = False,
+    task: TaskSpec | str | None = None,
+    inference: InferenceSpec | None = None,
 ) -> Artifact:
     """Build the best artifact of ``model`` for ``target``.
 
@@ -227,8 +271,12 @@ def build(
         target: a target profile name, .toml path or TargetProfile.
         out: output directory (replaced atomically); a temporary one if None.
         labels: class names, in output order.
-        preprocess: the PreprocessSpec (default: resize to the input size, window from the file).
+        preprocess: the PreprocessSpec (default: resize to the input size, window from the file),
+            or a VolumeSpec for a volume model (then calibration / validation may be folders of
+            DICOM series, one sample per series).
         gate: accuracy gate limits (default: the profile's).
+        task: "classification" (default), "multilabel", "segmentation" or a TaskSpec.
+        inference: how the device runs a volume (whole, or sliding window over ROIs).
         progress, quiet: None shows progress lines on stderr; False or quiet=True nothing; a
             callable gets ``edgemed.progress.ProgressEvent`` s (str messages with fields).
     Returns:
@@ -242,18 +290,12 @@ def build(
     t_start = time.perf_counter()
     profile = load_target(target)
     gate_cfg = gate or profile.gate
-    src = load_model(model, weights=weights)
-    io = _io_spec(src, example_input, input_shape, labels)
-    n_classes = _check_forward(src, io)
-    if io.labels and len(io.labels) != n_classes:
-        raise InvalidInputError("number of labels differs from the model's outputs",
-                                expected=str(n_classes), found=str(len(io.labels)))
-    spec = preprocess or PreprocessSpec(size=tuple(io.sample_shape[-2:]),  # type: ignore[arg-type]
-                                        channels=io.sample_shape[0] if io.sample_shape[0] in (1, 3) else 1)
+    src, io, n_classes, task_spec = _model_io(model, weights, example_input, input_shape, labels,
+                                              task)
+    spec = preprocess or _default_spec(io)
     threads = opts.threads or int(profile.runtime.get("threads", 2))
     say("loading calibration data")
-    calib = sample_calibration(calibration, io, spec, count=profile.calibration.count,
-                               seed=profile.calibration.seed) if calibration is not None else None
+    calib = _calibration(calibration, io, spec, inference, profile)
     io, val_x, val_y, gate_data = _gate_data(validation, calib, io, spec, n_classes, say)
     match, match_why = host_matches(profile)
     ctx = BuildContext(
@@ -267,7 +309,8 @@ def build(
     try:
         work = stage / "work"
         b = _Build(profile=profile, io=io, gate_cfg=gate_cfg, ctx=ctx, opts=opts,
-                   runner=_Runner(_source(src, io, spec, calib, work), work, ctx),
+                   runner=_Runner(_source(src, io, spec, calib, work).evolve(
+                       task=task_spec, inference=inference), work, ctx),
                    val_x=val_x, val_y=val_y, gate_data=gate_data, match=match,
                    match_why=match_why, t_start=t_start, stage=stage, out_dir=out_dir)
         return b.finish(*b.select())
@@ -275,14 +318,19 @@ def build(
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _gate_data(validation: Any, calib: Any, io: IOSpec, spec: PreprocessSpec, n_classes: int,
+def _gate_data(validation: Any, calib: Any, io: IOSpec, spec: Any, n_classes: int,
                say: Callable[[str], None]
                ) -> tuple[IOSpec, np.ndarray | None, np.ndarray | None, str]:
     """The gate's inputs and labels, and what they are; ``io`` gains the validation set's class
     names when it has none."""
     if validation is not None:
         say("loading validation data")
-        val = to_arrays(validation, io, spec, what="validation")
+        if _is_series_data(validation, spec):
+            from .volumes import load_volume_arrays
+
+            val = load_volume_arrays(validation, io, spec)
+        else:
+            val = to_arrays(validation, io, spec, what="validation")
         if val.y is not None and not io.labels and val.class_names:
             io = IOSpec(**{**io.__dict__, "labels": tuple(val.class_names)})
         check_labels(val.y, n_classes)

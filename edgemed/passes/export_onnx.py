@@ -40,6 +40,12 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.where(den > 0, num / np.maximum(den, 1e-30), 1.0)))
 
 
+def second_size(spatial: tuple[int, ...]) -> tuple[int, ...]:
+    """A second spatial size for the parity check of a dynamic-spatial export: each side plus
+    its largest power-of-two divisor up to 32 (so strided networks still divide it evenly)."""
+    return tuple(int(d + min(32, d & -d)) for d in spatial)
+
+
 def check_onnx(data: bytes) -> Any:
     """Run onnx.checker and shape inference; return the inferred ModelProto or raise ExportError."""
     import onnx
@@ -65,6 +71,9 @@ def export_torch(module: Any, io_spec: Any, opset: int, code: str = "export-fail
 
     example = torch.zeros(io_spec.input_shape, dtype=torch.float32)
     dyn = {io_spec.input_name: {0: "batch"}, **{o: {0: "batch"} for o in io_spec.output_names}}
+    if io_spec.dynamic_spatial:  # fully convolutional: every spatial axis dynamic, in and out
+        axes = {i: f"s{i - 2}" for i in range(2, len(io_spec.input_shape))}
+        dyn = {n: {0: "batch", **axes} for n in dyn}
     buf = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -72,7 +81,7 @@ def export_torch(module: Any, io_spec: Any, opset: int, code: str = "export-fail
             torch.onnx.export(
                 module.eval(), (example,), buf, opset_version=opset, dynamo=False,
                 input_names=[io_spec.input_name], output_names=list(io_spec.output_names),
-                dynamic_axes=dyn if io_spec.dynamic_batch else None, do_constant_folding=True,
+                dynamic_axes=dyn if io_spec.dynamic_batch or io_spec.dynamic_spatial else None, do_constant_folding=True,
             )
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -141,6 +150,10 @@ class ExportOnnx(Pass[ExportConfig]):
         inputs = [("random", rng.standard_normal((batch, *artifact.io.sample_shape)).astype(np.float32))]
         if ctx.calibration is not None and len(ctx.calibration):
             inputs.append(("calibration", ctx.calibration[: cfg.parity_samples].astype(np.float32)))
+        if artifact.io.dynamic_spatial:  # the parity check at a second spatial size
+            inputs.append(("second size", rng.standard_normal(
+                (batch, artifact.io.sample_shape[0], *second_size(artifact.io.sample_shape[1:]))
+            ).astype(np.float32)))
         so = ort.SessionOptions()
         so.intra_op_num_threads = ctx.threads
         try:

@@ -26,11 +26,13 @@ from .errors import (  # noqa: E402
     ProfileError,
     RollbackError,
 )
+from .inference import InferenceSpec  # noqa: E402
 from .iospec import IOSpec  # noqa: E402
 from .preprocess import PreprocessSpec  # noqa: E402
 from .session import Session, TensorInfo  # noqa: E402
 from .dicom.series import read_series  # noqa: E402
 from .volume.core import SliceRef, Volume  # noqa: E402
+from .tasks import SegmentationResult, TaskSpec  # noqa: E402
 from .volume import VolumeSpec  # noqa: E402
 
 __version__ = "0.1.0"
@@ -38,9 +40,10 @@ __version__ = "0.1.0"
 # the stable API (docs/api.md); every other name of the package is private
 __all__ = [
     "Artifact", "Backend", "BackendError", "BackendSession", "BundleError",
-    "DeviceMismatchError", "EdgemedError", "ExpiredError", "IOSpec", "IntegrityError",
+    "DeviceMismatchError", "EdgemedError", "ExpiredError", "IOSpec", "InferenceSpec",
+    "IntegrityError",
     "InvalidInputError", "MissingDependencyError", "PreprocessSpec", "ProfileError",
     "RollbackError", "Session", "SliceRef", "TensorInfo", "Volume", "is_bundle", "open",
     "open_artifact", "read_series",
-    "register_backend", "VolumeSpec", "__version__",
+    "register_backend", "SegmentationResult", "TaskSpec", "VolumeSpec", "__version__",
 ]

@@ -30,7 +30,9 @@ class TensorInfo:
 
 
 def _is_volume(preprocess: Any) -> bool:
-    return getattr(preprocess, "kind", "image") == "volume"
+    from .volume.spec import VolumeSpec
+
+    return isinstance(preprocess, VolumeSpec)
 
 
 class Session:
