@@ -1,7 +1,10 @@
 """Open a DICOM file defensively: every failure becomes an ``InvalidInputError`` with a code.
 
 Checks, in order: the path; the file size; the 128-byte preamble (an executable header there is
-refused, PS3.10 7.5 warns about such dual-personality files); the ``DICM`` prefix; parsing (with
+refused, PS3.10 7.5 warns about such dual-personality files); the ``DICM`` prefix, or else a raw
+dataset (no preamble / File Meta Information, as many exports write: its first bytes must be a
+standard even-group tag; it is read as pydicom's ``force=True`` reads it, its transfer syntax
+recorded from the encoding found, under the same guards); parsing (with
 RecursionError / MemoryError / any pydicom error caught); a deflated dataset is inflated here
 within a budget (``deflate``), never by pydicom; declared element lengths against the file (or
 inflated) size; an empty dataset; sequence nesting depth. ``image_geometry`` then checks the
@@ -89,8 +92,55 @@ def check_preamble(head: bytes) -> None:
                            expected="a zeroed or TIFF preamble", found=what,
                            fix="re-export the file from the PACS; do not open it elsewhere")
         return
-    raise _bad("file is not DICOM", "not-dicom", expected="a DICOM Part 10 file (DICM at byte 128)",
-               found="no DICM prefix", fix="pass a .dcm file exported as DICOM Part 10")
+    raise _bad("file is not DICOM", "not-dicom",
+               expected="a DICOM Part 10 file (DICM at byte 128) or a raw DICOM dataset",
+               found="no DICM prefix and no DICOM tag at byte 0",
+               fix="pass a .dcm file exported as DICOM Part 10")
+
+
+RAW_DATASET_WARNING = ("no DICOM Part 10 header (128-byte preamble, DICM, File Meta "
+                       "Information): read as a raw dataset")
+"""The warning a caller attaches to the result of a file ``is_raw_dataset`` says is raw."""
+
+
+def looks_like_raw_dataset(head: bytes) -> bool:
+    """True when ``head`` (the file's first bytes) has no ``DICM`` at byte 128 but starts with a
+    standard DICOM tag of an even group, little endian: a dataset written without the Part 10
+    header. Executable headers never qualify (their first bytes are no standard tag)."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return False
+    if len(head) < 8:
+        return False
+    from pydicom.datadict import dictionary_has_tag
+
+    group = int.from_bytes(head[0:2], "little")
+    element = int.from_bytes(head[2:4], "little")
+    return group % 2 == 0 and 0x0002 <= group < 0x7FE0 and dictionary_has_tag((group << 16) | element)
+
+
+def is_raw_dataset(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is read as a raw dataset (see ``looks_like_raw_dataset``); False for
+    a Part 10 file or a file that cannot be opened."""
+    try:
+        with open(path, "rb") as f:
+            return looks_like_raw_dataset(f.read(132))
+    except OSError:
+        return False
+
+
+def _record_raw_encoding(ds: "Dataset") -> None:
+    """Give a raw dataset the Transfer Syntax UID of the encoding pydicom found (the decoder
+    reads it from the File Meta Information, which a raw dataset lacks)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        meta = FileMetaDataset()
+        ds.file_meta = meta
+    if not _transfer_syntax(meta):
+        implicit = bool(getattr(ds, "original_encoding", (True, True))[0])
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
 
 
 def read_dataset(
@@ -100,7 +150,8 @@ def read_dataset(
     max_inflated_bytes: int = MAX_INFLATED_BYTES,
     header_allowance: int = HEADER_ALLOWANCE,
 ) -> "Dataset":
-    """Parse a DICOM Part 10 file with every guard above.
+    """Parse a DICOM Part 10 file (or a raw dataset without the Part 10 header, see
+    ``looks_like_raw_dataset``; callers warn with ``RAW_DATASET_WARNING``) with every guard above.
 
     Args:
         path: the file.
@@ -119,15 +170,21 @@ def read_dataset(
     ds: "Dataset | None" = None
     with open(p, "rb") as f:
         head = f.read(132)
-        check_preamble(head)
+        raw = looks_like_raw_dataset(head)
+        if raw:
+            f.seek(0)  # a raw dataset: File Meta elements, if any, start at byte 0
+        else:
+            check_preamble(head)
         meta = _file_meta(f)
         if meta is not None and _transfer_syntax(meta) == DEFLATED:
             ds, size = _parse(lambda: _read_deflated(
-                f, str(p), head[:128], meta, stop_before_pixels,
+                f, str(p), b"\0" * 128 if raw else head[:128], meta, stop_before_pixels,
                 max_bytes=max_inflated_bytes, allowance=header_allowance))
         del meta
     if ds is None:
-        ds = _parse(lambda: _dcmread(p, stop_before_pixels))
+        ds = _parse(lambda: _dcmread(p, stop_before_pixels, force=raw))
+    if raw:
+        _record_raw_encoding(ds)
     check_lengths(ds, size)
     if not ds._dict:
         raise _bad("the file holds no DICOM data elements", "truncated",
@@ -205,10 +262,11 @@ DEFER_BYTES = 1 << 20
 ``defer_size``), so a hostile private blob that is never used costs no memory."""
 
 
-def _dcmread(p: Path, stop_before_pixels: bool) -> "Dataset":
+def _dcmread(p: Path, stop_before_pixels: bool, *, force: bool = False) -> "Dataset":
     import pydicom
 
-    ds = pydicom.dcmread(p, stop_before_pixels=stop_before_pixels, defer_size=DEFER_BYTES)
+    ds = pydicom.dcmread(p, stop_before_pixels=stop_before_pixels, defer_size=DEFER_BYTES,
+                         force=force)
     ds.file_meta.get("TransferSyntaxUID")  # force the meta to be parsed
     return ds
 
