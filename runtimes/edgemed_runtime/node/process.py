@@ -1,0 +1,129 @@
+"""One grouped series through the bundle: decrypt into scratch, select, infer, write the
+result (SR or SEG) into the spool.
+
+The series' instances are decrypted into a private folder (mode 0700) under the scratch
+folder (tmpfs by default: the plaintext never reaches a disk) for the time of one inference,
+and removed after it. Result UIDs are derived from the series UID and the bundle id, so the
+same series run by the same bundle gives the same SR instance (what makes delivery idempotent).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from ..dicom.series_filter import SeriesFilter
+from ..errors import EdgemedError, InvalidInputError
+from .infer import SeriesResult, infer_series
+from .model import Loaded
+from .selection import rejection
+from .spool import Spool
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pydicom.dataset import Dataset
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What processing gave: ``state`` is ``inferred`` (``result`` holds the DICOM bytes),
+    ``skipped`` or ``failed`` (``reason``: a rule or an error code, no PHI)."""
+
+    state: str
+    reason: str = ""
+    result: bytes | None = None
+    analysed: int = 0
+    errors: int = 0
+
+
+def result_uids(series_uid: str, bundle_id: str) -> tuple[str, str]:
+    """(Series Instance UID, SOP Instance UID) of the result of ``series_uid`` by ``bundle_id``."""
+    from pydicom.uid import generate_uid
+
+    return (generate_uid(entropy_srcs=[series_uid, bundle_id, "edgemed-result-series"]),
+            generate_uid(entropy_srcs=[series_uid, bundle_id, "edgemed-result"]))
+
+
+def _headers(files: Sequence[Path]) -> tuple[list[tuple[Path, "Dataset"]], int]:
+    """The readable instances (file, header) and how many were not readable."""
+    from ..dicom.guard import read_dataset
+    from ..dicom.reader import reading
+
+    good: list[tuple[Path, "Dataset"]] = []
+    bad = 0
+    for f in files:
+        try:
+            with reading():
+                ds = read_dataset(f, stop_before_pixels=True)
+            str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID)
+        except (EdgemedError, AttributeError):
+            bad += 1
+            continue
+        good.append((f, ds))
+    return good, bad
+
+
+def _order(items: list[tuple[Path, "Dataset"]]) -> list[tuple[Path, "Dataset"]]:
+    def key(item: tuple[Path, "Dataset"]) -> tuple[int, str]:
+        try:
+            return int(item[1].get("InstanceNumber", 0) or 0), item[0].name
+        except (TypeError, ValueError):
+            return 0, item[0].name
+    return sorted(items, key=key)
+
+
+def _classification(result: SeriesResult, evidence: list["Dataset"], model: Loaded,
+                    device_uid: str) -> bytes:
+    from ..outputs.sr import Finding, ModelInfo, classification_sr, sr_bytes
+
+    findings = []
+    for r in result.instances:
+        if r.probabilities is None:
+            continue
+        k = max(range(len(r.probabilities)), key=lambda j: r.probabilities[j])  # type: ignore[index]
+        findings.append(Finding(r.index, result.labels[k], r.probabilities[k]))
+    series_uid, sop_uid = result_uids(str(evidence[0].SeriesInstanceUID), model.bundle_id)
+    ds = classification_sr(evidence, findings, ModelInfo(model.name, model.version,
+                                                         model.bundle_id),
+                           series_uid=series_uid, sop_uid=sop_uid, device_uid=device_uid)
+    return sr_bytes(ds)
+
+
+def process_series(spool: Spool, blobs: Sequence[str], model: Loaded, *,
+                   rules: SeriesFilter, scratch: Path, device_uid: str) -> Outcome:
+    """Run one series (its spooled instance blobs) and return the outcome.
+
+    Raises:
+        nothing for bad input (it is the outcome); OSError only when scratch cannot be made.
+    """
+    scratch.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="edgemed-node-", dir=scratch))
+    try:
+        files = []
+        for k, blob in enumerate(blobs):
+            p = work / f"{k:06d}.dcm"
+            p.write_bytes(spool.get(blob))
+            files.append(p)
+        good, bad = _headers(files)
+        reason = rejection(rules, [ds for _, ds in good]) if good else "no readable instance"
+        if reason is not None:
+            return Outcome("skipped" if good else "failed", reason, errors=bad)
+        good = _order(good)
+        try:
+            result = infer_series(model.session, [f for f, _ in good])
+        except EdgemedError as exc:
+            return Outcome("failed", exc.code, errors=bad + len(good))
+        if result.kind == "segmentation" and result.seg is not None:
+            return Outcome("inferred", result=result.seg, analysed=len(good), errors=bad)
+        if not result.analysed:
+            return Outcome("failed", ",".join(sorted(result.errors)) or "no result",
+                           errors=bad + len(good))
+        data = _classification(result, [ds for _, ds in good], model, device_uid)
+        return Outcome("inferred", result=data, analysed=result.analysed,
+                       errors=bad + len(good) - result.analysed)
+    except InvalidInputError as exc:
+        return Outcome("failed", exc.code)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,318 @@
+"""The bedside node: ``Node(config).start()`` / ``serve(config_path)``.
+
+Wiring: the SCP's C-STORE handler -> ``Intake`` (spool + journal, grouping) -> a bounded queue
+-> a pool of workers sharing one Session (``ModelHolder``, hot swap between series) ->
+``process_series`` (SR / SEG into the spool) -> delivery with retries -> ``delivered`` or the
+dead-letter folder. A watchdog replaces a worker stuck on one series; SIGTERM stops the SCP,
+drains the queue for ``drain_s`` and leaves the rest journalled for the next start.
+
+Journal states per series (docs/node.md): received -> grouped -> inferred -> delivered, or
+skipped / failed / dead-letter. On start the journal is replayed: open series re-arm their
+timeout, grouped ones are queued, inferred ones are delivered; a (series, bundle id) pair that
+is journalled delivered is never delivered again.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .audit import AuditLog
+from .config import NodeConfig, load_config
+from .deliver import deliver, with_retries
+from .metrics import Metrics, serve_metrics
+from .model import ModelHolder
+from .process import process_series
+from .receive import Intake
+from .spool import Spool, SeriesState, load_or_create_key
+
+
+@dataclass
+class _Busy:
+    sid: str
+    since: float
+    token: int
+
+
+class Node:
+    """One DICOM node.
+
+    Args:
+        config: the parsed ``node.toml``.
+        passphrase: the device key's passphrase, if it has one.
+    Raises:
+        the errors of ``open_bundle`` (no bundle to serve), InvalidInputError (spool key).
+    """
+
+    def __init__(self, config: NodeConfig, *, passphrase: str | None = None) -> None:
+        from pydicom.uid import generate_uid
+
+        self.cfg = config
+        self.audit = AuditLog(config.audit_log)
+        config.spool.dir.mkdir(parents=True, exist_ok=True)
+        self.spool = Spool(config.spool.dir, load_or_create_key(config.spool.key_file),
+                           config.spool.max_bytes)
+        self.queue: queue.Queue[str] = queue.Queue(maxsize=config.queue_size)
+        self.metrics = Metrics(depth=self.queue.qsize)
+        self.model = ModelHolder(config.model, self._model_event, passphrase)
+        self._ready: list[str] = []
+        self.intake = Intake(self.spool, self.audit, self.metrics, config.group_timeout_s,
+                             self._ready.append)
+        self.device_uid = generate_uid(entropy_srcs=[config.scp.ae_title, "edgemed-node"])
+        self._stop = threading.Event()
+        self._halt = threading.Event()
+        self._busy: dict[int, _Busy | None] = {}
+        self._tokens: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._next_worker = 0
+        self._threads: list[threading.Thread] = []
+        self.server: Any = None
+        self.metrics_server: Any = None
+        self._states: dict[str, SeriesState] = {}
+
+    def _model_event(self, event: str, **fields: Any) -> None:
+        self.metrics.inc("swaps" if event == "swapped" else "swaps_refused")
+        self.audit.write(event, **fields)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        """The DICOM port actually bound (useful when configured as 0)."""
+        return int(self.server.server_address[1])
+
+    @property
+    def metrics_port(self) -> int:
+        """The metrics port actually bound (0: off)."""
+        return int(self.metrics_server.server_address[1]) if self.metrics_server else 0
+
+    def start(self) -> "Node":
+        """Replay the journal, start the workers, the grouper, the watchdog, the metrics
+        endpoint and the SCP; returns self."""
+        from .scp import start_scp
+
+        self._recover()
+        for _ in range(self.cfg.workers):
+            self._spawn_worker()
+        for target, name in ((self._grouper, "grouper"), (self._watchdog, "watchdog")):
+            t = threading.Thread(target=target, name=f"edgemed-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        if self.cfg.metrics_port:
+            self.metrics_server = serve_metrics(self.metrics, self.cfg.metrics_port)
+        self.server = start_scp(self.cfg.scp, self.intake.store, self.intake.association_ended,
+                                self._rejected)
+        self.audit.write("started", ae_title=self.cfg.scp.ae_title, port=self.port,
+                         bundle_id=self.model.current.bundle_id)
+        return self
+
+    def _rejected(self, event: Any) -> None:
+        self.audit.write("association-rejected",
+                         calling_ae=str(event.assoc.requestor.ae_title).strip()[:16])
+
+    def stop(self, drain: bool = True) -> None:
+        """Stop accepting, drain the queue for up to ``drain_s`` (if ``drain``), stop the
+        workers; unfinished work stays journalled."""
+        if self.server is not None:
+            self.server.shutdown()
+        deadline = time.monotonic() + (self.cfg.drain_s if drain else 0)
+        while drain and time.monotonic() < deadline and (
+                self._ready or not self.queue.empty() or any(self._busy.values())):
+            time.sleep(0.05)
+        self._stop.set()
+        self._halt.set()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+        for t in self._threads:
+            t.join(timeout=5)
+        self.audit.write("stopped", pending=self.queue.qsize() + len(self._ready))
+        self.model.close()
+        self.spool.close()
+        self.audit.close()
+
+    def serve_forever(self) -> None:
+        """Start, then run until SIGTERM / SIGINT; then stop with draining."""
+        done = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: done.set())
+        self.start()
+        done.wait()
+        self.stop(drain=True)
+
+    # -- recovery ------------------------------------------------------------------------
+    def _recover(self) -> None:
+        self._states = self.spool.replay()
+        counts = {"open": 0, "queued": 0, "deliver": 0}
+        for sid, st in self._states.items():
+            if st.done is not None:
+                self.intake.restore(sid, {k: "" for k in st.instances}, "done")
+            elif st.grouped:
+                self.intake.restore(sid, st.instances, "grouped")
+                self._ready.append(sid)
+                counts["deliver" if st.results else "queued"] += 1
+            elif st.instances:
+                self.intake.restore(sid, st.instances, "open")
+                counts["open"] += 1
+        self.audit.write("recovered", **counts)
+
+    # -- grouping and the queue ----------------------------------------------------------
+    def _grouper(self) -> None:
+        period = max(0.02, min(0.25, self.cfg.group_timeout_s / 4))
+        while not self._halt.is_set():
+            self.intake.tick()
+            while self._ready and not self._halt.is_set():
+                try:
+                    self.queue.put(self._ready[0], timeout=period)
+                except queue.Full:
+                    break
+                self._ready.pop(0)
+            self._halt.wait(period)
+
+    # -- workers -------------------------------------------------------------------------
+    def _spawn_worker(self) -> None:
+        with self._lock:
+            wid = self._next_worker
+            self._next_worker += 1
+            self._busy[wid] = None
+        t = threading.Thread(target=self._worker, args=(wid,), name=f"edgemed-worker-{wid}",
+                             daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _worker(self, wid: int) -> None:
+        while not self._stop.is_set() and wid in self._busy:
+            try:
+                sid = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            with self._lock:
+                token = self._tokens.get(sid, 0) + 1
+                self._tokens[sid] = token
+                self._busy[wid] = _Busy(sid, time.monotonic(), token)
+            try:
+                self._handle(sid, token)
+            except Exception as exc:  # noqa: BLE001 - a worker must survive any one series
+                self.metrics.inc("failed")
+                self.audit.write("worker-error", series=sid, error=type(exc).__name__)
+            finally:
+                with self._lock:
+                    if wid in self._busy:
+                        self._busy[wid] = None
+
+    def _current(self, sid: str, token: int) -> bool:
+        with self._lock:
+            return self._tokens.get(sid) == token
+
+    def _watchdog(self) -> None:
+        while not self._halt.wait(min(1.0, self.cfg.watchdog_s / 4)):
+            now = time.monotonic()
+            with self._lock:
+                stuck = [(w, b) for w, b in self._busy.items()
+                         if b is not None and now - b.since > self.cfg.watchdog_s]
+                for w, b in stuck:
+                    del self._busy[w]  # that thread ends after its series; its result is dropped
+                    self._tokens[b.sid] = b.token + 1
+            for _, b in stuck:
+                self.metrics.inc("watchdog_restarts")
+                self.audit.write("watchdog-restart", series=b.sid)
+                self._spawn_worker()
+                self._ready.append(b.sid)
+
+    # -- one series ----------------------------------------------------------------------
+    def _handle(self, sid: str, token: int) -> None:
+        st = self._states.get(sid) or SeriesState(sid)
+        pending = [b for b in st.results if b not in st.delivered]
+        if pending:  # inferred before a restart: deliver that result
+            for bundle_id in pending:
+                self._deliver(sid, bundle_id, st.results[bundle_id], token)
+            return
+        self.model.maybe_swap()
+        blobs, _ = self.intake.snapshot(sid)
+        t0 = time.monotonic()
+        with self.model.lease() as m:
+            out = process_series(self.spool, blobs, m, rules=self.cfg.selection,
+                                 scratch=self.cfg.spool.scratch_dir, device_uid=self.device_uid)
+            bundle_id = m.bundle_id
+        if not self._current(sid, token):
+            return
+        ms = round((time.monotonic() - t0) * 1000, 1)
+        if out.state != "inferred" or out.result is None:
+            self.spool.log(out.state, s=sid, why=out.reason)
+            self.metrics.inc("skipped" if out.state == "skipped" else "failed")
+            self.audit.write(out.state, series=sid, reason=out.reason, bundle_id=bundle_id,
+                             errors=out.errors, ms=ms)
+            self._cleanup(sid, blobs)
+            return
+        blob = f"r-{sid}-{bundle_id}"
+        self.spool.put(blob, out.result)
+        self.spool.log("inferred", s=sid, b=bundle_id, f=blob)
+        self.metrics.inc("processed")
+        self.audit.write("inferred", series=sid, bundle_id=bundle_id, analysed=out.analysed,
+                         errors=out.errors, ms=ms)
+        st.results[bundle_id] = blob
+        self._states[sid] = st
+        self._deliver(sid, bundle_id, blob, token)
+
+    def _deliver(self, sid: str, bundle_id: str, blob: str, token: int) -> None:
+        dest = self.cfg.destination
+        data = self.spool.get(blob)
+        res = with_retries(lambda: deliver(dest, data, self.cfg.scp.ae_title),
+                           retries=dest.retries, backoff_s=dest.backoff_s, stop=self._halt)
+        if not self._current(sid, token):
+            return
+        blobs, last_wall = self.intake.snapshot(sid)
+        if res.ok:
+            self.spool.log("delivered", s=sid, b=bundle_id)
+            self.metrics.inc("delivered")
+            self.metrics.latency(time.time() - last_wall)
+            self.audit.write("delivered", series=sid, bundle_id=bundle_id, attempts=res.attempts)
+            self.spool.delete(blob)
+        elif self._halt.is_set():
+            return  # stopping: stays 'inferred', delivered at the next start
+        else:
+            self.spool.move_out(blob, dest.dead_letter)
+            self.spool.log("dead-letter", s=sid, b=bundle_id, f=blob)
+            self.metrics.inc("dead_letter")
+            self.audit.write("dead-letter", series=sid, bundle_id=bundle_id,
+                             attempts=res.attempts, reason=res.last_error)
+        self._cleanup(sid, blobs)
+
+    def _cleanup(self, sid: str, blobs: list[str]) -> None:
+        for b in blobs:
+            if b:
+                self.spool.delete(b)
+        self.intake.finish(sid)
+
+    # -- dead letters --------------------------------------------------------------------
+    def redeliver_dead_letters(self) -> tuple[int, int]:
+        """Try every result in the dead-letter folder again (after the destination is back);
+        returns (delivered, still failing). A delivered one is journalled and removed."""
+        ok = bad = 0
+        folder = self.cfg.destination.dead_letter
+        dest = self.cfg.destination
+        for p in sorted(folder.glob("r-*.enc")) if folder.is_dir() else []:
+            name = self.spool.move_in(p)
+            sid, bundle_id = name[2:].split("-", 1)
+            data = self.spool.get(name)
+            res = with_retries(lambda: deliver(dest, data, self.cfg.scp.ae_title),
+                               retries=dest.retries, backoff_s=dest.backoff_s, stop=self._halt)
+            if res.ok:
+                self.spool.log("delivered", s=sid, b=bundle_id)
+                self.metrics.inc("delivered")
+                self.audit.write("delivered", series=sid, bundle_id=bundle_id,
+                                 attempts=res.attempts, redelivered=True)
+                self.spool.delete(name)
+                ok += 1
+            else:
+                self.spool.move_out(name, folder)
+                bad += 1
+        return ok, bad
+
+
+def serve(config_path: str | Path, *, passphrase: str | None = None) -> None:
+    """``edgemed-run serve node.toml``: load the configuration and serve until SIGTERM."""
+    Node(load_config(config_path), passphrase=passphrase).serve_forever()

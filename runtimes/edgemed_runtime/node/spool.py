@@ -1,0 +1,257 @@
+"""The durable, encrypted spool: blobs (received instances, results) and the journal.
+
+Layout of ``spool.dir``::
+
+    blobs/<name>.enc     nonce (12 bytes) || AES-256-GCM(key, nonce, data, aad=name)
+    journal.jsonl        one JSON object per line, fsync'd before the C-STORE is answered
+
+Every blob is written to a temporary file, fsync'd, renamed and its folder fsync'd; only then
+is the journal line appended (and fsync'd), so a journal line always names a complete blob. The
+journal holds no PHI: series and instances are named by keyed hashes (HMAC-SHA256 under a key
+derived from the spool key), never by their UIDs. A torn last line (kill -9 mid-write) is
+ignored on replay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import EdgemedError, InvalidInputError
+
+KEY_BYTES = 32
+NONCE = 12
+JOURNAL = "journal.jsonl"
+
+
+class SpoolFullError(EdgemedError):
+    """The spool has no room for what was offered (budget or disk)."""
+
+    default_code = "spool-full"
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """The spool key from ``path`` (32 raw bytes); created with mode 0600 when absent.
+
+    Raises:
+        InvalidInputError: ``bad-spool-key`` (wrong length, unreadable).
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise InvalidInputError("the spool key cannot be created", code="bad-spool-key",
+                                found=f"{path}: {exc.strerror}", fix="check the folder") from None
+    else:
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(KEY_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+    try:
+        key = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInputError("the spool key cannot be read", code="bad-spool-key",
+                                found=f"{path}: {exc.strerror}") from None
+    if len(key) != KEY_BYTES:
+        raise InvalidInputError("the spool key has the wrong length", code="bad-spool-key",
+                                expected=f"{KEY_BYTES} bytes", found=f"{len(key)} bytes",
+                                fix="restore the key file (without it the spool is unreadable)")
+    return key
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a journal back to its last complete line (a kill -9 can leave half a line)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+@dataclass
+class SeriesState:
+    """What the journal says about one series (by its hashed id ``sid``)."""
+
+    sid: str
+    instances: dict[str, str] = field(default_factory=dict)  # hashed SOP uid -> blob name
+    grouped: bool = False
+    done: str | None = None  # skipped / failed / delivered / dead-letter
+    results: dict[str, str] = field(default_factory=dict)  # bundle id -> result blob
+    delivered: set[str] = field(default_factory=set)  # bundle ids
+
+
+class Spool:
+    """Encrypted blobs plus the journal; thread-safe.
+
+    Args:
+        root: the spool folder (created).
+        key: the 32-byte spool key.
+        max_bytes: the budget of blob bytes on disk.
+    """
+
+    def __init__(self, root: Path, key: bytes, max_bytes: int) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self.root = root
+        self.blobs = root / "blobs"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self._aead = AESGCM(key)
+        self._hkey = hmac.new(key, b"edgemed-node/uid-hash", hashlib.sha256).digest()
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        for p in self.blobs.glob("*.tmp*"):
+            p.unlink(missing_ok=True)
+        self.used = sum(p.stat().st_size for p in self.blobs.glob("*.enc"))
+        _drop_torn_tail(root / JOURNAL)
+        self._journal = open(root / JOURNAL, "ab", buffering=0)  # noqa: SIM115 - held open
+
+    def uid_hash(self, uid: str) -> str:
+        """The keyed hash naming a UID in the journal, audit log and blob names (24 hex)."""
+        return hmac.new(self._hkey, uid.encode(), hashlib.sha256).hexdigest()[:24]
+
+    # -- blobs ---------------------------------------------------------------------------
+    def reserve(self, n: int) -> None:
+        """Raise SpoolFullError unless ``n`` more bytes fit the budget."""
+        with self._lock:
+            if self.used + n > self.max_bytes:
+                raise SpoolFullError("the spool is full", expected=f"<= {self.max_bytes} bytes",
+                                     found=f"{self.used} used + {n} offered",
+                                     fix="free the destination backlog or raise spool.max_bytes")
+
+    def put(self, name: str, data: bytes) -> None:
+        """Encrypt ``data`` into blob ``name`` durably.
+
+        Raises:
+            SpoolFullError: over the budget, or the disk is full / not writable.
+        """
+        ct = self._encrypt(name, data)
+        self.reserve(len(ct))
+        dest = self.blobs / f"{name}.enc"
+        tmp = self.blobs / f"{name}.tmp{os.getpid()}.{threading.get_ident()}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(ct)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+            _fsync_dir(self.blobs)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise SpoolFullError("the spool cannot be written", found=exc.strerror or "OSError",
+                                 fix="free disk space in the spool folder") from None
+        with self._lock:
+            self.used += len(ct)
+
+    def _encrypt(self, name: str, data: bytes) -> bytes:
+        nonce = os.urandom(NONCE)
+        return nonce + self._aead.encrypt(nonce, data, name.encode())
+
+    def get(self, name: str) -> bytes:
+        """Decrypt blob ``name``.
+
+        Raises:
+            InvalidInputError: ``spool-corrupt`` (missing, or fails authentication).
+        """
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            raw = (self.blobs / f"{name}.enc").read_bytes()
+            return self._aead.decrypt(raw[:NONCE], raw[NONCE:], name.encode())
+        except (OSError, InvalidTag, ValueError):
+            raise InvalidInputError("a spool file is missing or does not authenticate",
+                                    code="spool-corrupt", found=name,
+                                    fix="the spool was tampered with or the key changed") from None
+
+    def move_out(self, name: str, folder: Path) -> Path:
+        """Move blob ``name`` (still encrypted) to ``folder`` (the dead-letter folder)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        src = self.blobs / f"{name}.enc"
+        dest = folder / src.name
+        size = src.stat().st_size
+        os.replace(src, dest)
+        _fsync_dir(folder)
+        with self._lock:
+            self.used -= size
+        return dest
+
+    def move_in(self, path: Path) -> str:
+        """Move an encrypted blob file back into the spool (from the dead-letter folder);
+        returns its blob name."""
+        size = path.stat().st_size
+        os.replace(path, self.blobs / path.name)
+        _fsync_dir(self.blobs)
+        with self._lock:
+            self.used += size
+        return path.name[: -len(".enc")]
+
+    def delete(self, name: str) -> None:
+        """Remove blob ``name`` (after delivery)."""
+        p = self.blobs / f"{name}.enc"
+        try:
+            size = p.stat().st_size
+            p.unlink()
+        except FileNotFoundError:
+            return
+        with self._lock:
+            self.used -= size
+
+    # -- journal -------------------------------------------------------------------------
+    def log(self, event: str, **fields: Any) -> None:
+        """Append one journal line and fsync it."""
+        line = json.dumps({"e": event, **fields}, sort_keys=True).encode() + b"\n"
+        with self._lock:
+            self._journal.write(line)
+            os.fsync(self._journal.fileno())
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """The journal's complete lines, in order (a torn last line is skipped)."""
+        with open(self.root / JOURNAL, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    continue
+
+    def replay(self) -> dict[str, SeriesState]:
+        """Every series' state from the journal."""
+        out: dict[str, SeriesState] = {}
+        for r in self.records():
+            s = out.setdefault(r["s"], SeriesState(r["s"]))
+            e = r["e"]
+            if e == "received":
+                s.instances.setdefault(r["i"], r["f"])
+            elif e == "grouped":
+                s.grouped = True
+            elif e == "inferred":
+                s.results[r["b"]] = r["f"]
+            elif e == "delivered":
+                s.delivered.add(r["b"])
+                s.done = "delivered"
+            elif e in ("skipped", "failed", "dead-letter"):
+                s.done = e
+        return out
+
+    def close(self) -> None:
+        """Close the journal."""
+        self._journal.close()
