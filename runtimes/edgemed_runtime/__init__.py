@@ -27,6 +27,7 @@ from .errors import (  # noqa: E402
     RollbackError,
 )
 from .inference import InferenceSpec  # noqa: E402
+from .outputs import nifti_bytes, nifti_image, seg_bytes, seg_dataset, write_nifti, write_seg  # noqa: E402
 from .iospec import IOSpec  # noqa: E402
 from .preprocess import PreprocessSpec  # noqa: E402
 from .session import Session, TensorInfo  # noqa: E402
@@ -46,4 +47,5 @@ __all__ = [
     "RollbackError", "Session", "SliceRef", "TensorInfo", "Volume", "is_bundle", "open",
     "open_artifact", "read_series",
     "register_backend", "SegmentationResult", "TaskSpec", "VolumeSpec", "__version__",
+    "nifti_bytes", "nifti_image", "seg_bytes", "seg_dataset", "write_nifti", "write_seg",
 ]
