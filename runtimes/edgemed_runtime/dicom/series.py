@@ -42,6 +42,11 @@ class Instance:
     name: str
     header: "Dataset"
 
+    @property
+    def short(self) -> str:
+        """The file name alone (messages name files by it, never by the folders above)."""
+        return Path(self.name).name
+
     def text(self, keyword: str) -> str:
         """A header attribute as stripped text ('' when absent or unreadable)."""
         try:
@@ -104,19 +109,19 @@ def read_headers(files: Sequence[Path], root: Path | None) -> tuple[list[Instanc
             if root is not None and exc.code in ("not-dicom", "empty-file"):
                 skipped.append({"file": name, "code": exc.code})
                 continue
-            raise _with_context(exc, f"file {name}") from None
+            raise _with_context(exc, f"file {path.name}") from None
         if "Rows" not in ds or "Columns" not in ds:
             if root is not None:
                 skipped.append({"file": name, "code": "no-pixel-data"})
                 continue
-            raise InvalidInputError(f"file {name}: not an image", code="no-pixel-data",
+            raise InvalidInputError(f"file {path.name}: not an image", code="no-pixel-data",
                                     expected="an image object (Rows, Columns, Pixel Data)",
                                     found="no Rows/Columns", fix="pass the image files of the series")
         instances.append(Instance(path, name, ds))
     if not instances:
         raise InvalidInputError("no DICOM images to make a volume of", code="empty",
                                 expected="DICOM image files", found=f"{len(skipped)} files skipped "
-                                f"({listing([s['file'] for s in skipped])})")
+                                f"({listing([Path(s['file']).name for s in skipped])})")
     return instances, skipped
 
 
@@ -174,7 +179,7 @@ def slice_sources(instances: Sequence[Instance]) -> list[SliceSource]:
     for n, inst in enumerate(instances):
         frames = frame_geometries(inst.header)
         for g in frames:
-            name = inst.name if g.frame is None or len(frames) == 1 else f"{inst.name} frame {g.frame + 1}"
+            name = inst.short if g.frame is None or len(frames) == 1 else f"{inst.short} frame {g.frame + 1}"
             out.append(SliceSource(
                 instance=n, name=name, sop_class_uid=inst.text("SOPClassUID"),
                 sop_instance_uid=inst.text("SOPInstanceUID"), rows=_int(inst.header, "Rows"),
@@ -255,9 +260,9 @@ def read_series(
             ``series-duplicate``, ``series-gap``, ``pixel-budget``, the parser's and decoder's
             codes (file named). MissingDependencyError: no decoder for the transfer syntax.
     """
-    if not (0.0 <= spacing_tolerance < 1.0):
+    if not spacing_tolerance >= 0.0:  # NaN fails too
         raise InvalidInputError("spacing_tolerance is a fraction of the slice step", code="bad-option",
-                                expected="0 <= spacing_tolerance < 1", found=str(spacing_tolerance))
+                                expected="spacing_tolerance >= 0 (0.01 = 1%)", found=str(spacing_tolerance))
     files, root = list_files(source)
     instances, skipped = read_headers(files, root)
     groups: dict[str, list[Instance]] = {}
