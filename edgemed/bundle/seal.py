@@ -36,6 +36,7 @@ from edgemed_runtime.sdk import (
     load_private_key,
     new_data_key,
     pack_archive,
+    requirements_for,
     runtime_version,
 )
 
@@ -148,7 +149,17 @@ def build_manifest(art: Artifact, opts: SealOptions, *, bundle_id: str, created:
                        "key_commitment": commitment},
         "payloads": [p.to_dict() for p in payloads],
         "producer": {"edgemed": __version__},
+        **_requires(art.backend),
     }
+
+
+def _requires(backend: str) -> dict[str, Any]:
+    """bundle.json ``requires`` for ``backend`` (versions: this host's), or nothing for a
+    backend the runtime does not know."""
+    try:
+        return {"requires": requirements_for(backend).to_dict()}
+    except InvalidInputError:
+        return {}
 
 
 def seal(

@@ -68,12 +68,13 @@ from .dicom import load_input, read_dataset, read_image
 from .dicom.guard import MAX_FRAME_PIXELS, MAX_TOTAL_PIXELS
 from .dicom.quiet import quiet
 from .dicom.series_filter import ORIENTATIONS, SeriesFilter, image_type_of, orientation_of
+from .exit_codes import EXIT_CODES, ExitCode
 from .iospec import parse_shape
 from .tasks import softmax
 from .util import atomic_write_bytes, sha256_file
 
 __all__ = [
-    "ALIGN", "ARCHIVE_SUFFIX", "ARTIFACT_FILE", "BundleManifest", "DEFAULT_CHUNK", "DeviceRequirements",
+    "ALIGN", "ARCHIVE_SUFFIX", "ARTIFACT_FILE", "BundleManifest", "DEFAULT_CHUNK", "DeviceRequirements", "EXIT_CODES", "ExitCode",
     "FORMAT_VERSION", "KEYS_DIR", "MANIFEST_FILE", "MANIFEST_KIND", "MAX_CHUNK",
     "MAX_FRAME_PIXELS", "MAX_TOTAL_PIXELS", "MIN_CHUNK", "ORIENTATIONS", "SeriesFilter",
     "image_type_of", "orientation_of", "PAYLOAD_DIR", "PayloadEntry",

@@ -104,6 +104,7 @@ def _masked_manifest(b: Path) -> dict:
     d["io"], d["preprocess"] = "<IOSpec.to_dict()>", "<PreprocessSpec.to_dict()>"
     d["bundle_id"] = "<32 hex>"
     d["encryption"]["key_commitment"] = "<64 hex>"
+    d["requires"]["packages"] = {p: "<this host's version>" for p in d["requires"]["packages"]}
     for p in d["payloads"]:
         p["plaintext_length"] = p["ciphertext_length"] = "<int>"
         if "uncompressed_length" in p:

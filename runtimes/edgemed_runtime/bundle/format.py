@@ -477,6 +477,13 @@ PAYLOAD_SCHEMA = _obj({
     "ciphertext_length": (_int(0, 1 << 62), True), "compression": (_str(32), False),
     "uncompressed_length": (_int(0, 1 << 62), False),
 })
+REQUIRES_SCHEMA = _obj({
+    "backend": (_str(64, _NAME), True),
+    "extras": (_list(_str(64, _NAME), 0, 16), True),
+    "packages": (_obj({}, extra=_str(32, _VERSION), max_keys=16), True),
+})
+"""``requires`` (optional; absent in bundles sealed before it): what the device must install
+(edgemed_runtime.bundle.requirements)."""
 MANIFEST_SCHEMA = _obj({
     "kind": (_str(64), True), "format_version": (_int(0, 1 << 31), True),
     "bundle_id": (_str(32, _HEX32), True), "family": (_str(64, _FAMILY), True),
@@ -490,6 +497,7 @@ MANIFEST_SCHEMA = _obj({
     "io": (IO_SCHEMA, True), "preprocess": (PREPROCESS_SCHEMA, True),
     "labels": (_list(_str(1024, empty=True)), False),
     "metrics": (_free, False), "provenance": (_free, False), "producer": (_free, False),
+    "requires": (REQUIRES_SCHEMA, False),
     "encryption": (_obj({
         "scheme": (_str(64), True), "aead": (_enum("AES-256-GCM"), False),
         "kdf": (_enum("HKDF-SHA256"), False), "key_commitment": (_str(64, _HEX64), True),

@@ -58,6 +58,7 @@ from .format import (
 )
 from .keys import check_publisher_key, fingerprint, load_private_key, load_public_key
 from .oms import SignedStatement, check_digest, check_files, verify_signature
+from .requirements import check_requirements, requirements_of
 from .state import RollbackState
 from .weights import open_with_weights
 
@@ -316,6 +317,8 @@ def open_verified(
     state.check(m)
     io, pre = m.io, m.preprocess
     name = backend or m.backend
+    if backend is None:  # what the device must install, named before anything is decrypted
+        check_requirements(requirements_of(m))
     be = get_backend(name)
     if m.artifact_format not in be.formats:
         raise InvalidInputError(f"backend {name!r} cannot run {m.artifact_format!r} models",
