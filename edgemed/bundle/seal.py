@@ -143,6 +143,8 @@ def build_manifest(art: Artifact, opts: SealOptions, *, bundle_id: str, created:
         "io": art.io.to_dict(),
         "preprocess": art.preprocess.to_dict(),
         "labels": list(art.io.labels),
+        "task": art.task.to_dict(),
+        **({"inference": art.inference.to_dict()} if art.inference is not None else {}),
         "metrics": dict(art.metrics),
         "provenance": [dict(r) for r in art.provenance],
         "encryption": {"scheme": STREAM_SCHEME, "aead": "AES-256-GCM", "kdf": "HKDF-SHA256",

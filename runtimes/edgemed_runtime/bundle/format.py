@@ -444,8 +444,9 @@ IO_SCHEMA = _obj({
     "output_names": (_list(_str(256), 1, 256), False),
     "dynamic_batch": (_bool, False),
     "labels": (_list(_str(1024, empty=True)), False),
+    "dynamic_spatial": (_bool, False),
 })
-PREPROCESS_SCHEMA = _obj({
+IMAGE_PREPROCESS_SCHEMA = _obj({
     "window": (_nullable(_pair(_num())), False),
     "size": (_nullable(_pair(_int(1, MAX_IMAGE_SIDE), MAX_INPUT_ELEMENTS)), False),
     "mean": (_num(), False),
@@ -458,6 +459,35 @@ PREPROCESS_SCHEMA = _obj({
     "spacing": (_nullable(_pair(_num(positive=True))), False),
     "frames": (_enum("pick", "stack"), False),
     "reduce": (_enum("auto", "off"), False),
+})
+_TRIPLE = _list(_num(positive=True), 3, 3)
+VOLUME_PREPROCESS_SCHEMA = _obj({
+    "kind": (_enum("volume"), True),
+    "axcodes": (_nullable(_str(3)), False),
+    "spacing": (_nullable(_TRIPLE), False),
+    "intensity": (_nullable(_list(_num(), 4, 4)), False),
+    "clip": (_bool, False),
+    "size": (_nullable(_list(_int(1, MAX_IMAGE_SIDE), 3, 3)), False),
+    "pad_value": (_nullable(_num()), False),
+    "channels": (_int(1, 64), False),
+    "dtype": (_enum("float32", "float16"), False),
+    "interpolation": (_enum("linear", "nearest"), False),
+    "version": (_int(1, 1 << 16), False),
+})
+PREPROCESS_SCHEMA = _any_of(IMAGE_PREPROCESS_SCHEMA, VOLUME_PREPROCESS_SCHEMA,
+                            expected="a 2D PreprocessSpec or a VolumeSpec (\"kind\": \"volume\")")
+TASK_SCHEMA = _obj({
+    "name": (_enum("classification", "multilabel", "segmentation"), True),
+    "activation": (_enum("softmax", "sigmoid"), False),
+    "thresholds": (_list(_num(), 0, 1024), False),
+})
+INFERENCE_SCHEMA = _obj({
+    "mode": (_enum("whole", "sliding_window"), True),
+    "roi_size": (_list(_int(1, MAX_IMAGE_SIDE), 0, 3), False),
+    "overlap": (_num(), False), "blend": (_enum("constant", "gaussian"), False),
+    "sigma_scale": (_num(positive=True), False), "sw_batch_size": (_int(1, 1024), False),
+    "padding_mode": (_str(16), False), "cval": (_num(), False),
+    "version": (_int(1, 1 << 16), False),
 })
 _COUNT = _int(0, 1024)
 BACKEND_OPTIONS_SCHEMA = _obj({
@@ -498,6 +528,7 @@ MANIFEST_SCHEMA = _obj({
     "labels": (_list(_str(1024, empty=True)), False),
     "metrics": (_free, False), "provenance": (_free, False), "producer": (_free, False),
     "requires": (REQUIRES_SCHEMA, False),
+    "task": (TASK_SCHEMA, False), "inference": (_nullable(INFERENCE_SCHEMA), False),
     "encryption": (_obj({
         "scheme": (_str(64), True), "aead": (_enum("AES-256-GCM"), False),
         "kdf": (_enum("HKDF-SHA256"), False), "key_commitment": (_str(64, _HEX64), True),
@@ -610,13 +641,33 @@ def _payload(p: Mapping[str, Any]) -> PayloadEntry:
     return entry
 
 
+def task_and_inference(raw: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The schema-checked ``task`` / ``inference`` of a manifest as (TaskSpec, InferenceSpec or
+    None); absent: classification, whole input (bundles sealed before tasks existed).
+
+    Raises:
+        IntegrityError: ``manifest-invalid``.
+    """
+    from ..inference import InferenceSpec
+    from ..tasks import TaskSpec
+
+    try:
+        inf = raw.get("inference")
+        return TaskSpec.from_dict(raw.get("task")), (
+            InferenceSpec.from_dict(inf) if inf is not None else None)
+    except InvalidInputError as exc:
+        raise IntegrityError(f"bundle.json task/inference is invalid: {exc.message}",
+                             expected=exc.expected, found=exc.found, fix=exc.fix or _RESEAL,
+                             code="manifest-invalid") from None
+
+
 def _specs(io: Mapping[str, Any], pre: Mapping[str, Any]) -> tuple[Any, Any]:
     """The schema-checked ``io`` / ``preprocess`` objects as IOSpec / PreprocessSpec."""
     from ..iospec import IOSpec
-    from ..preprocess import PreprocessSpec
+    from ..specs import spec_from_dict
 
     try:
-        return IOSpec.from_dict(io), PreprocessSpec.from_dict(pre)
+        return IOSpec.from_dict(io), spec_from_dict(pre)
     except InvalidInputError as exc:
         raise IntegrityError(f"bundle.json io/preprocess is invalid: {exc.message}",
                              expected=exc.expected, found=exc.found,

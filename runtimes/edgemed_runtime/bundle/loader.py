@@ -54,6 +54,7 @@ from .format import (
     PayloadEntry,
     format_time,
     parse_manifest,
+    task_and_inference,
     parse_version,
 )
 from .keys import check_publisher_key, fingerprint, load_private_key, load_public_key
@@ -348,11 +349,12 @@ def open_verified(
             bs = be.open(bytes(plain[model_name]), io, opts)
         finally:
             wipe(plain)
+    task, inference = task_and_inference(m.raw)
     sess = Session(bs, io, pre, name, info={
         "format": m.artifact_format, "bundle_id": m.bundle_id, "family": m.family,
         "release": m.release, "version": m.version, "path": str(vb.files.source),
         "target": dict(m.target),
-    })
+    }, task=task, inference=inference)
     try:
         if smoke:
             _smoke(sess)
