@@ -310,6 +310,26 @@ def test_headers_that_disagree_with_the_volume_are_refused() -> None:
                                                       slices=vol.slices)).code == "seg-geometry"
 
 
+def test_source_without_type2_attributes_or_thickness_still_writes() -> None:
+    vol = volume_of(make_series(n=8))
+    for h in vol.headers:
+        del h.PatientID, h.AccessionNumber, h.StudyID, h.SliceThickness
+    labels = make_labels(vol.shape)
+    seg, back = readback(seg_bytes(labels, vol, label_names=NAMES, algorithm=ALGO), vol)
+    assert np.array_equal(back, labels) and seg.PatientID == ""
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) == pytest.approx(vol.spacing[0])
+    assert all("PatientID" not in h and "SliceThickness" not in h for h in vol.headers)  # untouched
+
+
+def test_what_highdicom_refuses_is_a_typed_error_naming_the_attribute() -> None:
+    vol = volume_of(make_series(n=8))
+    for h in vol.headers:
+        del h.PixelSpacing
+    err = _refusal(make_labels(vol.shape), vol)
+    assert err.code == "seg-failed" and "PixelSpacing" in (err.found or "")
+
+
 def test_missing_highdicom_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     vol = volume_of(make_series(n=8))
     monkeypatch.setitem(sys.modules, "highdicom", None)  # import highdicom -> ImportError

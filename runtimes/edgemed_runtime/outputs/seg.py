@@ -10,6 +10,7 @@ caller encrypts or sends it (on a device nothing with PHI touches disk in plaint
 from __future__ import annotations
 
 import io
+import re
 from typing import Any, Mapping
 
 import numpy as np
@@ -80,7 +81,13 @@ def seg_dataset(labels: np.ndarray, source: Volume, *, label_names: tuple[str, .
         raise InvalidInputError(
             "highdicom cannot build a segmentation from this source and result", code="seg-failed",
             expected="a single-frame or multi-frame image series highdicom accepts as a SEG source",
-            found=type(exc).__name__, fix="check the source series' image and geometry modules") from None
+            found=_exception_kind(exc), fix="check the source series' image and geometry modules") from None
+
+
+def _exception_kind(exc: BaseException) -> str:
+    """The exception's type, and the attribute keyword when one is missing (never a value)."""
+    missing = re.search(r"has no attribute '(\w+)'", str(exc)) if isinstance(exc, AttributeError) else None
+    return f"{type(exc).__name__}: missing {missing.group(1)}" if missing else type(exc).__name__
 
 
 def seg_bytes(labels: np.ndarray, source: Volume, **options: Any) -> bytes:

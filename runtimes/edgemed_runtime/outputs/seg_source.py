@@ -22,6 +22,10 @@ from ..volume import Volume
 # a header may lie less than half a slice step from where the affine puts its slice (so it is
 # nearer that slice than any other: read_series' affine tolerates 1% uneven steps)
 POSITION_TOLERANCE = 0.5
+# Type 2 patient / study attributes highdicom reads from the first source image: present, maybe
+# empty, in DICOM; a source that omits one gets it empty (in a copy: the volume is not changed)
+TYPE2_COPIED = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber",
+                "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
 ORIENTATION_TOLERANCE = 1e-3  # 1 - cosine between the header's and the affine's directions
 
 
@@ -54,7 +58,29 @@ def seg_source(source: Volume) -> SegSource:
     else:
         images, order = _single_frame(source)
     _check_geometry(source, images, order)
-    return SegSource(images=images, order=order, frame_of_reference_uid=for_uid)
+    return SegSource(images=tuple(_completed(ds, source.spacing[0]) for ds in images), order=order,
+                     frame_of_reference_uid=for_uid)
+
+
+def _completed(ds: Any, slice_step: float) -> Any:
+    """``ds``, or a shallow copy with the missing Type 2 attributes empty and, for a single-frame
+    image without Slice Thickness, the volume's slice step (the SEG's Pixel Measures need one)."""
+    missing = [kw for kw in TYPE2_COPIED if kw not in ds]
+    thickness = "SliceThickness" not in ds and "PerFrameFunctionalGroupsSequence" not in ds
+    if not missing and not thickness:
+        return ds
+    from pydicom.dataset import Dataset
+
+    out = Dataset()  # a new element dict (copy.copy would share the source's)
+    for elem in ds:
+        out.add(elem)
+    if hasattr(ds, "file_meta"):
+        out.file_meta = ds.file_meta
+    for kw in missing:
+        setattr(out, kw, None)
+    if thickness:
+        out.SliceThickness = round(float(slice_step), 6)
+    return out
 
 
 def _frame_of_reference(headers: tuple[Any, ...]) -> str:
