@@ -164,7 +164,7 @@ def phantom(shape: Sequence[int], affine: np.ndarray, rng: np.random.Generator, 
             hu[kidney], labels[kidney] = 32.0, 2
     if lesion:
         off = rng.uniform(-0.4, 0.4, 3) * np.asarray(liver_r)
-        hu[_ellipsoid(u, np.asarray(liver_c) + off, (0.1, 0.1, 0.12))] = 180.0
+        hu[_ellipsoid(u, np.asarray(liver_c) + off, (0.12, 0.12, 0.14))] = 180.0
     hu += rng.normal(0.0, 10.0, hu.shape).astype(np.float32)
     return np.clip(np.rint(hu), -1024, 3071).astype(np.float32), labels
 
@@ -224,7 +224,13 @@ def _write_instance(path: Path, base: Any, image: np.ndarray, *, sop_uid: str, i
     ds.RescaleIntercept = intercept
     stored = np.clip(image - intercept, -32768, 32767).astype(np.int16)
     if UID(syntax).is_compressed:
-        ds.compress(syntax, stored, generate_instance_uid=False)
+        try:
+            ds.compress(syntax, stored, generate_instance_uid=False)
+        except (RuntimeError, ValueError) as exc:  # e.g. JPEG 2000 needs >= 32 x 32 pixels here
+            raise InvalidInputError("the synthetic slice cannot be encoded", code="bad-option",
+                                    expected=f"an image size the {UID(syntax).name} encoder takes",
+                                    found=f"{image.shape[0]} x {image.shape[1]}: {type(exc).__name__}",
+                                    fix="use larger slices or another transfer syntax") from None
     else:
         ds.PixelData = stored.tobytes()
     ds.save_as(str(path), enforce_file_format=True)
