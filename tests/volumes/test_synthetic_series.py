@@ -138,3 +138,21 @@ def test_series_dataset(tmp_path: Path) -> None:
         orientations.add(tuple(np.round(vol.affine[:3, 0] / np.linalg.norm(vol.affine[:3, 0]), 3)))
         assert bool(vol.info["dropped"]) == (n == 0)  # the tagged localizer, dropped
     assert len(scanners) == 3 and len(orientations) >= 3
+
+
+@pytest.mark.parametrize("syntax", ["ExplicitVRLittleEndian", "ImplicitVRLittleEndian"])
+def test_fast_writer_writes_what_pydicom_writes(tmp_path: Path, syntax: str) -> None:
+    """Uncompressed series are assembled from pre-encoded elements: the same bytes as save_as."""
+    from edgemed.data import synthetic_series as ss
+
+    info = write_ct_series(tmp_path / "s", seed=8, shape=(3, 16, 20), transfer_syntax=syntax)
+    base = ss._base_dataset(dict(
+        patient_index=0, series_index=0, scanner=info.scanner, patient_id=info.patient_id,
+        patient_name=info.patient_name, study_uid=info.study_uid, series_uid=info.series_uid,
+        for_uid=info.frame_of_reference_uid))
+    row, col = ss.cosines("axial")
+    kw = dict(sop_uid=str(pydicom.dcmread(info.files[1]).SOPInstanceUID), instance=2,
+              geometry=(row, col, info.affine[:3, 3] + info.affine[:3, 0], info.spacing),
+              intercept=-1024, image_type=("ORIGINAL", "PRIMARY", "AXIAL"), syntax=info.transfer_syntax)
+    ss._write_instance(tmp_path / "pydicom.dcm", base, info.hu[1], **kw)  # type: ignore[arg-type]
+    assert (tmp_path / "pydicom.dcm").read_bytes() == info.files[1].read_bytes()
