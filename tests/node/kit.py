@@ -305,7 +305,7 @@ def send_pynetdicom(datasets: list[Dataset], port: int, *, calling: str = "SENDE
     ae = AE(ae_title=calling)
     for sop, ts in contexts or [(CT, ExplicitVRLittleEndian)]:
         ae.add_requested_context(sop, [ts])
-    tls = (ssl_context, "") if ssl_context is not None else None
+    tls = (ssl_context, "localhost") if ssl_context is not None else None
     assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET, tls_args=tls)
     if not assoc.is_established:
         return [-1] * len(datasets)

@@ -199,10 +199,13 @@ def _model(t: dict[str, Any], base: Path) -> ModelConfig:
         family=r.str("family"), bundle=r.path("bundle"), passphrase_env=r.str("passphrase_env"),
         threads=r.num("threads", None, lo=1, hi=256))
     r.done()
-    if (cfg.bundle is None) == (cfg.store is None or cfg.family is None):
+    installed = cfg.store is not None or cfg.family is not None
+    if (cfg.bundle is not None and installed) or (cfg.bundle is None and (
+            cfg.store is None or cfg.family is None)):
         raise InvalidInputError("the model section names no bundle, or two", code="bad-node-config",
                                 expected="either store + family (installed, hot-swapped) or "
-                                "bundle (a fixed path)", found="both" if cfg.bundle else "neither",
+                                "bundle (a fixed path)",
+                                found="both" if cfg.bundle is not None else "an incomplete one",
                                 fix="edit [model] in node.toml")
     return cfg
 

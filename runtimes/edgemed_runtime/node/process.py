@@ -9,6 +9,7 @@ same series run by the same bundle gives the same SR instance (what makes delive
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +25,34 @@ from .spool import Spool
 
 if TYPE_CHECKING:  # pragma: no cover
     from pydicom.dataset import Dataset
+
+
+SCRATCH_PREFIX = "edgemed-node-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_scratch(scratch: Path) -> int:
+    """Remove the decrypted series a killed node left in ``scratch`` (folders of processes
+    that are gone); returns how many were removed."""
+    n = 0
+    for d in scratch.glob(f"{SCRATCH_PREFIX}*") if scratch.is_dir() else []:
+        try:
+            pid = int(d.name[len(SCRATCH_PREFIX):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+            n += 1
+    return n
 
 
 @dataclass(frozen=True)
@@ -99,7 +128,7 @@ def process_series(spool: Spool, blobs: Sequence[str], model: Loaded, *,
         nothing for bad input (it is the outcome); OSError only when scratch cannot be made.
     """
     scratch.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="edgemed-node-", dir=scratch))
+    work = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=scratch))
     try:
         files = []
         for k, blob in enumerate(blobs):

@@ -27,9 +27,12 @@ from .config import NodeConfig, load_config
 from .deliver import deliver, with_retries
 from .metrics import Metrics, serve_metrics
 from .model import ModelHolder
-from .process import process_series
+from .process import clean_scratch, process_series
 from .receive import Intake
 from .spool import Spool, SeriesState, load_or_create_key
+
+
+MAX_RESTARTS = 2  # a series that stalls a worker this often is given up (dead letter)
 
 
 @dataclass
@@ -68,6 +71,7 @@ class Node:
         self._halt = threading.Event()
         self._busy: dict[int, _Busy | None] = {}
         self._tokens: dict[str, int] = {}
+        self._stuck: dict[str, int] = {}
         self._lock = threading.Lock()
         self._next_worker = 0
         self._threads: list[threading.Thread] = []
@@ -146,7 +150,8 @@ class Node:
     # -- recovery ------------------------------------------------------------------------
     def _recover(self) -> None:
         self._states = self.spool.replay()
-        counts = {"open": 0, "queued": 0, "deliver": 0}
+        counts = {"open": 0, "queued": 0, "deliver": 0,
+                  "scratch_removed": clean_scratch(self.cfg.spool.scratch_dir)}
         for sid, st in self._states.items():
             if st.done is not None:
                 self.intake.restore(sid, {k: "" for k in st.instances}, "done")
@@ -216,11 +221,34 @@ class Node:
                 for w, b in stuck:
                     del self._busy[w]  # that thread ends after its series; its result is dropped
                     self._tokens[b.sid] = b.token + 1
+                    self._stuck[b.sid] = self._stuck.get(b.sid, 0) + 1
             for _, b in stuck:
                 self.metrics.inc("watchdog_restarts")
-                self.audit.write("watchdog-restart", series=b.sid)
+                self.audit.write("watchdog-restart", series=b.sid, times=self._stuck[b.sid])
                 self._spawn_worker()
-                self._ready.append(b.sid)
+                if self._stuck[b.sid] < MAX_RESTARTS:
+                    self._ready.append(b.sid)
+                else:
+                    self._give_up(b.sid)
+
+    def _give_up(self, sid: str) -> None:
+        """A series that stalled a worker ``MAX_RESTARTS`` times: its result (if any) goes to
+        the dead-letter folder, else it is journalled failed."""
+        st = self._states.get(sid)
+        pending = [b for b in (st.results if st else {}) if b not in st.delivered] if st else []
+        for bundle_id in pending:
+            try:
+                self.spool.move_out(st.results[bundle_id], self.cfg.destination.dead_letter)
+            except OSError:
+                continue
+            self.spool.log("dead-letter", s=sid, b=bundle_id, f=st.results[bundle_id])
+            self.metrics.inc("dead_letter")
+            self.audit.write("dead-letter", series=sid, bundle_id=bundle_id, reason="watchdog")
+        if not pending:
+            self.spool.log("failed", s=sid, why="watchdog")
+            self.metrics.inc("failed")
+            self.audit.write("failed", series=sid, reason="watchdog")
+        self.intake.finish(sid)
 
     # -- one series ----------------------------------------------------------------------
     def _handle(self, sid: str, token: int) -> None:
