@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 AFFINE_TOL = 1e-3  # MONAI's: a spacing this close to the target is kept, a map this close to identity skipped
-_SLAB_VOXELS = 1 << 20  # output voxels per slab of the non-separable path
+_SLAB_VOXELS = 1 << 18  # output voxels per slab of the non-separable path (~100 bytes each)
 
 
 def spacing_grid(affine: np.ndarray, shape: tuple[int, int, int],

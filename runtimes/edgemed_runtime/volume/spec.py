@@ -265,9 +265,14 @@ class VolumeSpec:
             raise InvalidInputError("the output does not match the model grid",
                                     expected=f"(C, {', '.join(map(str, placement.shape))})",
                                     found=str(out.shape), code="bad-placement")
-        if mode == "linear":
-            out = out.astype(np.float32, copy=False)
-        x = take_window(out, tuple(-o for o in placement.offset), placement.resampled_shape, 0)  # type: ignore[arg-type]
-        if placement.resampled_shape != placement.oriented_shape or not np.array_equal(placement.sample, np.eye(4)):
-            x = resample(x, np.linalg.inv(placement.sample), placement.oriented_shape, mode=mode)
-        return np.ascontiguousarray(unorient(x, placement.flips, placement.transpose))
+        chans = out.reshape((-1,) + placement.shape)
+        result = np.empty((chans.shape[0],) + placement.source_shape,
+                          dtype=np.float32 if mode == "linear" else out.dtype)
+        inverse = np.linalg.inv(placement.sample)
+        resampled = placement.resampled_shape != placement.oriented_shape or not np.array_equal(placement.sample, np.eye(4))
+        for c in range(chans.shape[0]):  # one channel at a time: a few copies of one channel at most
+            x = take_window(chans[c], tuple(-o for o in placement.offset), placement.resampled_shape, 0)  # type: ignore[arg-type]
+            if resampled:
+                x = resample(x, inverse, placement.oriented_shape, mode=mode)
+            result[c] = unorient(x, placement.flips, placement.transpose)
+        return result if out.ndim == 4 else result[0]
