@@ -77,7 +77,7 @@ def seg_dataset(labels: np.ndarray, source: Volume, *, label_names: tuple[str, .
             content_label="SEGMENTATION", content_description=series_description[:64],
             omit_empty_frames=True)
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        # highdicom's messages may quote header values: only the exception's type goes out
+        # highdicom's messages may quote header values: only the type and a missing keyword go out
         raise InvalidInputError(
             "highdicom cannot build a segmentation from this source and result", code="seg-failed",
             expected="a single-frame or multi-frame image series highdicom accepts as a SEG source",
