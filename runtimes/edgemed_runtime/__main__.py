@@ -5,8 +5,6 @@
     edgemed-run run MODEL INPUT... [--trust PUB --device-key KEY] [--passphrase-env VAR]
                                    [--backend B] [--threads N]
     edgemed-run serve NODE.TOML [--redeliver]         the bedside DICOM node (docs/node.md)
-    edgemed-run serve NODE.TOML [--redeliver]         the bedside DICOM node (docs/node.md)
-    edgemed-run serve NODE.TOML [--redeliver]         the bedside DICOM node (docs/node.md)
 
 MODEL is an artifact directory, a bundle (directory or ``.edgemed``) or an ``.onnx`` file; INPUT
 is a DICOM file or a folder (searched recursively for ``.dcm`` / ``.dicom`` files). Output is JSON
@@ -192,30 +190,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from .node import Node, load_config
-
-    cfg = load_config(args.config)
-    node = Node(cfg, passphrase=passphrase_from_env(cfg.model.passphrase_env))
-    if args.redeliver:
-        ok, bad = node.redeliver_dead_letters()
-        _print({"ok": bad == 0, "redelivered": ok, "still_failing": bad})
-    node.serve_forever()
-    return 0
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from .node import Node, load_config
-
-    cfg = load_config(args.config)
-    node = Node(cfg, passphrase=passphrase_from_env(cfg.model.passphrase_env))
-    if args.redeliver:
-        ok, bad = node.redeliver_dead_letters()
-        _print({"ok": bad == 0, "redelivered": ok, "still_failing": bad})
-    node.serve_forever()
-    return 0
-
-
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edgemed-run",
                                  description="Run edgemed artifacts and bundles on the device.")
@@ -245,16 +219,6 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("config", help="node.toml (see docs/node.md)")
     s.add_argument("--redeliver", action="store_true",
                    help="first try the dead-letter folder's results again")
-    s = sub.add_parser("serve", help="the bedside DICOM node: receive, infer, send results "
-                       "(runs until SIGTERM)")
-    s.add_argument("config", help="node.toml (see docs/node.md)")
-    s.add_argument("--redeliver", action="store_true",
-                   help="first try the dead-letter folder's results again")
-    s = sub.add_parser("serve", help="the bedside DICOM node: receive, infer, send results "
-                       "(runs until SIGTERM)")
-    s.add_argument("config", help="node.toml (see docs/node.md)")
-    s.add_argument("--redeliver", action="store_true",
-                   help="first try the dead-letter folder's results again")
     return ap
 
 
@@ -263,8 +227,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return {"info": cmd_info, "verify": cmd_verify, "run": cmd_run,
-                "serve": cmd_serve,
-                "serve": cmd_serve,
                 "serve": cmd_serve}[args.command](args)
     except EdgemedError as exc:
         _print({"ok": False, "error": exc.to_dict()})
