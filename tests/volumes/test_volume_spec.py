@@ -79,9 +79,10 @@ def _volume(geometry: str, shape: tuple[int, int, int] = (20, 24, 28), seed: int
     directions, spacing, shear = GEOMETRIES[geometry]
     rng = np.random.default_rng(seed)
     k, j, i = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    arr = 800 * np.exp(-(k ** 2 + j ** 2 + i ** 2) * 3) - 400 + rng.normal(0, 120, shape)
-    return Volume(array=arr.astype(np.float32),
-                  affine=_affine(directions, spacing, (12.0, -30.5, 41.0), shear))
+    arr = (800 * np.exp(-(k ** 2 + j ** 2 + i ** 2) * 3) - 400 + rng.normal(0, 120, shape)).astype(np.float32)
+    if geometry == "axial":
+        return Volume.from_array(arr, spacing=spacing, origin=(12.0, -30.5, 41.0))
+    return Volume(array=arr, affine=_affine(directions, spacing, (12.0, -30.5, 41.0), shear))
 
 
 def _monai_keys(spec: VolumeSpec, keys: list[str], mode: str = "bilinear") -> list:
@@ -246,7 +247,8 @@ def test_round_trip_exact_json_and_kind_dispatch():
     dict(spacing=(1, 1)), dict(spacing=(1, float("nan"), 1)), dict(intensity=(0, 0, 0, 1)),
     dict(intensity=(0, 1, 1, 0)), dict(size=(0, 4, 4)), dict(size=(4.5, 4, 4)), dict(channels=0),
     dict(channels=True), dict(dtype="int8"), dict(interpolation="cubic"), dict(clip="yes"),
-    dict(version=2), dict(pad_value=float("inf")),
+    dict(version=2), dict(pad_value=float("inf")), dict(pad_value=True), dict(size=("4", 4, 4)),
+    dict(spacing=1.0),
 ])
 def test_invalid_specs_are_refused(bad):
     with pytest.raises(InvalidInputError) as e:

@@ -32,9 +32,12 @@ def _bad(message: str, found: Any, expected: str | None = None) -> InvalidInputE
 
 
 def _floats(value: Any, n: int, name: str) -> tuple[float, ...]:
+    """``n`` finite numbers (not strings or booleans) as floats, else ``bad-volume-spec``."""
     try:
-        out = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
+        numbers = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                      for v in value)
+        out = tuple(float(v) for v in value) if numbers else ()
+    except TypeError:
         out = ()
     if len(out) != n or not all(math.isfinite(v) for v in out):
         raise _bad(f"{name} must be {n} finite numbers", value)
