@@ -236,6 +236,17 @@ def test_tagged_localizer_is_dropped_with_a_note(tmp_path: Path) -> None:
     assert "IM0000.dcm" in exc.found
 
 
+def test_localizer_series_beside_the_volume_is_dropped(tmp_path: Path) -> None:
+    info = _series(tmp_path / "s", localizer=True)
+    _rewrite(info.localizer_file, lambda ds: setattr(ds, "SeriesInstanceUID", generate_uid(entropy_srcs=["loc"])))
+    vol = read_series(tmp_path / "s")
+    assert vol.series_uid == info.series_uid and np.array_equal(vol.array, info.hu)
+    [note] = vol.info["dropped"]
+    assert note["file"] == "IM0000.dcm" and note["reason"].startswith("ImageType LOCALIZER (series ")
+    exc = _refused("several-series", info, tmp_path / "s", drop_localizers=False)
+    assert "CT, 1 slice)" in exc.found and "CT, 8 slices)" in exc.found
+
+
 def test_untagged_localizer_is_refused(tmp_path: Path) -> None:
     info = _series(tmp_path / "s", localizer="untagged")
     exc = _refused("series-orientation", info, tmp_path / "s")

@@ -135,9 +135,24 @@ def drop_localizer_instances(instances: list[Instance]) -> tuple[list[Instance],
     return kept, dropped
 
 
+def drop_localizer_series(groups: dict[str, list[Instance]]) -> list[dict[str, str]]:
+    """Remove (in place) the series made only of localizers when other series remain; returns
+    their instances as dropped."""
+    only = [u for u, members in groups.items()
+            if all("LOCALIZER" in image_type_of(m.header) for m in members)]
+    if not only or len(only) == len(groups):
+        return []
+    dropped = []
+    for u in only:
+        dropped += [{"file": m.name, "reason": f"ImageType LOCALIZER ({series_tag(u)})"}
+                    for m in groups.pop(u)]
+    return dropped
+
+
 def _describe(uid: str, members: Sequence[Instance]) -> str:
     slices = sum(max(int(m.header.get("NumberOfFrames", 1) or 1), 1) for m in members)
-    return f"{uid} ({members[0].text('Modality') or 'no modality'}, {slices} slices)"
+    return (f"{uid} ({members[0].text('Modality') or 'no modality'}, {slices} "
+            f"slice{'' if slices == 1 else 's'})")
 
 
 def choose_series(groups: dict[str, list[Instance]], series_uid: str | None,
@@ -248,8 +263,9 @@ def read_series(
         series_filter: picks the series by rules (modality, orientation, image type, slices...).
         spacing_tolerance: the largest deviation of a slice step from the median, as a fraction
             of it (0.01 = 1%).
-        drop_localizers: drop instances whose ImageType holds LOCALIZER (listed in
-            ``info["dropped"]``); a localizer without that tag is refused (``series-orientation``).
+        drop_localizers: drop instances whose ImageType holds LOCALIZER, and series made only
+            of them when another series is there (listed in ``info["dropped"]``); a localizer
+            without that tag is refused (``series-orientation``).
     Returns:
         a ``Volume``: array (z, y, x) float32 in modality units, affine voxel -> LPS, one
         ``SliceRef`` per slice, one header (no pixel data) per instance in slice order, and
@@ -269,9 +285,12 @@ def read_series(
     for inst in instances:
         groups.setdefault(inst.text("SeriesInstanceUID"), []).append(inst)
     dropped: dict[str, list[dict[str, str]]] = {}
+    other: list[dict[str, str]] = []
     if drop_localizers:
         for key in list(groups):
             groups[key], dropped[key] = drop_localizer_instances(groups[key])
+        if series_uid is None:
+            other = drop_localizer_series(groups)
     uid = choose_series(groups, series_uid, series_filter)
     members = groups[uid]
     plan = plan_series(uid, slice_sources(members), spacing_tolerance)
@@ -286,4 +305,5 @@ def read_series(
                      for s in plan.slices),
         headers=tuple(members[i].header for i in order),
         info={"slices": len(plan.slices), "rows": plan.rows, "columns": plan.columns,
-              "dropped": dropped.get(uid, []), "skipped": skipped, "files": [members[i].name for i in order]})
+              "dropped": dropped.get(uid, []) + other, "skipped": skipped,
+              "files": [members[i].name for i in order]})
