@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from edgemed_runtime import EdgemedError
+from edgemed_runtime import EdgemedError, VolumeSpec
 from edgemed_runtime import open as open_model
 
 from .dicom.index import dicom_files
 from .errors import InvalidInputError
 from .runtime import resolve_artifact
+from .series_predict import series_inputs, series_row
 
 RAW_WARNING = ("no DICOM Part 10 header (128-byte preamble, DICM, File Meta Information): "
                "read as a raw dataset")
@@ -125,12 +126,15 @@ def _row(sess: Any, item: Input, labels: list[str]) -> dict[str, Any]:
 
 
 def predict_files(model: str | os.PathLike[str], files: Iterable[str | os.PathLike[str]],
-                  *, backend: str | None = None, **open_kwargs: Any) -> PredictResult:
+                  *, backend: str | None = None, seg_out: str | os.PathLike[str] | None = None,
+                  **open_kwargs: Any) -> PredictResult:
     """Open ``model`` once and predict on every file (see the module docstring).
 
     Args:
         model: an artifact folder (or a file in it: ``out/model.onnx``), a bundle or a model file.
-        files: DICOM files and folders.
+        files: DICOM files and folders; for a volume model, series folders (or folders holding
+            series folders at any depth: one row per series).
+        seg_out: for a segmentation model, write one DICOM SEG per series into this folder.
         backend, open_kwargs: passed to ``edgemed_runtime.open`` (``trust``, ``device_key``...).
     Returns:
         a PredictResult; files that cannot be read are failed rows, not exceptions.
@@ -138,9 +142,13 @@ def predict_files(model: str | os.PathLike[str], files: Iterable[str | os.PathLi
         InvalidInputError / BundleError...: the model cannot be opened, or a folder holds no
             DICOM file.
     """
-    inputs = expand_inputs(files)
+    files = list(files)
     path, note = resolve_artifact(model)
     with open_model(path, backend=backend, **open_kwargs) as sess:
         labels = list(sess.labels) or [str(i) for i in range(len(sess.outputs))]
-        rows = tuple(_row(sess, item, labels) for item in inputs)
+        if isinstance(sess.preprocess, VolumeSpec):  # one row per series
+            rows = tuple(series_row(sess, folder, labels, seg_out) for folder in
+                         series_inputs(files))
+        else:
+            rows = tuple(_row(sess, item, labels) for item in expand_inputs(files))
     return PredictResult(path, rows, note, tuple(labels))

@@ -26,6 +26,9 @@ def _render(res: object, model: Path) -> None:
                  for lab in labels]
         err = r["error"] or {}
         why = f"[{err.get('code')}] {err.get('message')}" if err else "; ".join(r["warnings"])
+        if "volumes_ml" in r:  # a segmentation row: label volumes (and the SEG written)
+            why = ", ".join(f"{k} {v:.1f} ml" for k, v in r["volumes_ml"].items()) + (
+                f"; SEG {r['seg']}" if r.get("seg") else "")
         style = {"ok": "green", "failed": "red", "skipped": "yellow"}[r["status"]]
         t.add_row(escape(r["file"]), f"[{style}]{r['status']}[/]", r["prediction"] or "", *probs,
                   escape(why))
@@ -39,19 +42,23 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def predict(
         model: Path = typer.Argument(..., help="artifact folder (or a file in it), bundle, or .onnx"),
-        files: List[Path] = typer.Argument(..., help="DICOM files or folders (searched at any depth)"),
+        files: List[Path] = typer.Argument(..., help="DICOM files or folders (searched at any "
+                                           "depth); series folders for a volume model"),
         backend: Optional[str] = typer.Option(None, "--backend", help="override the artifact's backend"),
         trust: Optional[Path] = typer.Option(None, "--trust", help="publisher public key (bundles)"),
         device_key: Optional[Path] = typer.Option(None, "--device-key", help="device private key (bundles)"),
         as_json: bool = typer.Option(False, "--json", help="machine-readable output (one object: "
                                      "summary, note, one prediction row per file)"),
+        seg_out: Optional[Path] = typer.Option(None, "--seg-out", help="segmentation models: "
+                                               "write one DICOM SEG per series into this folder"),
     ) -> None:
-        """Print class probabilities for each DICOM file; files that fail are named and skipped."""
+        """Print class probabilities for each DICOM file (each series for a volume model; label
+        volumes and DICOM SEG for segmentation); inputs that fail are named and skipped."""
         from edgemed.predict import predict_files
 
         with handle_errors(as_json):
             extra = {k: v for k, v in (("trust", trust), ("device_key", device_key)) if v}
-            res = predict_files(model, files, backend=backend, **extra)
+            res = predict_files(model, files, backend=backend, seg_out=seg_out, **extra)
             if as_json:
                 print_json(res.to_dict())
             else:

@@ -87,3 +87,38 @@ def predict_volume(session: Any, x: Any, *, probabilities: bool = False) -> Any:
 def label_map_dtype(labels: np.ndarray) -> type:
     """uint8 when every label fits, else uint16."""
     return np.uint8 if int(np.max(labels, initial=0)) < 256 else np.uint16
+
+
+def series_folders(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The series folders under ``paths``: each folder that directly holds files (``.dcm``,
+    ``.dicom`` or no suffix), sorted; the inputs of a volume model.
+
+    Raises:
+        InvalidInputError: ``not-volume`` (a file, not a folder), ``empty`` (no such file).
+    """
+    out: list[Path] = []
+    for given in paths:
+        p = Path(given)
+        if not p.is_dir():
+            raise InvalidInputError("a volume model takes series folders", expected="a folder "
+                                    "holding one DICOM series (or folders of series)",
+                                    found=p.name, code="not-volume",
+                                    fix="pass the series folder, not one of its files")
+        found = sorted({f.parent for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+                        and f.suffix.lower() in (".dcm", ".dicom", "")})
+        if not found:
+            raise InvalidInputError("no DICOM files in folder", found=str(p), code="empty",
+                                    expected="files ending in .dcm / .dicom, or with no suffix")
+        out += found
+    return out
+
+
+def result_row(result: Any, labels: Sequence[str]) -> dict[str, Any]:
+    """The JSON-ready summary of one prediction: class probabilities, or label volumes (ml)."""
+    if isinstance(result, SegmentationResult):
+        return {"prediction": "segmentation", "volumes_ml": result.volumes_ml() if
+                result.source is not None else {}, "shape": list(result.labels.shape)}
+    probs = np.asarray(result)[0]
+    names = list(labels) if len(labels) == len(probs) else [str(i) for i in range(len(probs))]
+    return {"prediction": names[int(probs.argmax())],
+            "probabilities": {n: float(v) for n, v in zip(names, probs)}}
