@@ -76,6 +76,12 @@ class ReleaseSection(Strict):
     out: str = "release"
     require_compressed: bool = False
     """True: a target whose only shippable candidate is the FP32 baseline fails instead."""
+    device_runtime: Literal["any", "base"] = "any"
+    """"base": choose only variants the base device runtime runs (``pip install
+    edgemed-runtime``, onnxruntime formats); "any": extras such as openvino may be needed."""
+    device_check: Literal["isolated", "host"] = "isolated"
+    """"isolated": the device check runs in a cached venv holding only the runtime and the
+    bundle's declared extra (edgemed.release.device_env); "host": in this interpreter."""
 
 
 class BenchSection(Strict):

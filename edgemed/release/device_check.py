@@ -1,5 +1,6 @@
-"""Open a bundle as a device would: a fresh process, the device key, the runtime only (torch,
-onnx and nncf made unimportable), a fresh rollback state; run it on one DICOM file."""
+"""Open a bundle as a device would: a fresh process of the device environment (only the runtime
+and the extra the bundle declares installed; torch, onnx and nncf made unimportable as well), the
+device key, a fresh rollback state; run it on one DICOM file."""
 
 from __future__ import annotations
 
@@ -55,14 +56,16 @@ _SCRIPT = import_blocker() + textwrap.dedent(
 
 
 def verify_as_device(bundle: Path, trust: Path, device_key: Path, dicom: Path,
-                     timeout: float = 300.0) -> dict[str, Any]:
-    """Run the check; return ``{"ok", "backend", "probabilities", ...}`` or raise BundleError."""
+                     timeout: float = 300.0, *, python: Path | None = None) -> dict[str, Any]:
+    """Run the check with interpreter ``python`` (default: this one; the release passes the
+    device environment's, edgemed.release.device_env); return ``{"ok", "backend",
+    "probabilities", ...}`` or raise BundleError."""
     with tempfile.TemporaryDirectory(prefix="edgemed-device-state-") as state:
         code = _SCRIPT.format(bundle=str(bundle), trust=str(trust),
                               key=str(device_key), state=state, dicom=str(dicom))
         try:
-            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                               timeout=timeout)
+            r = subprocess.run([str(python or sys.executable), "-c", code], capture_output=True,
+                               text=True, timeout=timeout, cwd=tempfile.gettempdir())
         except subprocess.TimeoutExpired:
             raise BundleError("the device check timed out", found=f"{timeout:.0f} s",
                               code="device-check-timeout") from None

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from edgemed_runtime import PreprocessSpec
-from edgemed_runtime.sdk import atomic_write_bytes
+from edgemed_runtime.sdk import ExitCode, atomic_write_bytes
 
 from ..errors import EdgemedError, InvalidInputError
 from .config import ReleaseConfig, load_release_config
+from .lock import hold
 from .state import StepState, content_key, tree_key
 
 if TYPE_CHECKING:
@@ -33,7 +34,8 @@ SHIPPED = ("released", "fallback-fp32")
 @dataclass
 class TargetOutcome:
     """What happened for one target (``status``: released, fallback-fp32 (shipped the FP32
-    baseline: no compressed candidate could ship, ``why`` says why), gate-failed or failed)."""
+    baseline: no compressed candidate could ship, ``why`` says why), gate-failed, failed or
+    interrupted). ``device_install``: what each device must install to run the bundle."""
 
     target: str
     status: str = "pending"
@@ -50,6 +52,8 @@ class TargetOutcome:
     registry: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     seconds: float = 0.0
+    device_install: str | None = None
+    step: str | None = None  # the step running when it stopped (failed or interrupted)
 
 
 @dataclass
@@ -62,22 +66,30 @@ class ReleaseResult:
     report: Path | None
     seconds: float
     skipped_steps: int = 0
+    interrupted: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
-        return all(t.status in SHIPPED for t in self.targets)
+        return self.interrupted is None and all(t.status in SHIPPED for t in self.targets)
 
     @property
     def exit_code(self) -> int:
-        """0 all shipped (released or fallback-fp32); 1 a gate failed; 2 another failure."""
+        """The command's exit code (edgemed_runtime.exit_codes): 0 every target shipped
+        (released or fallback-fp32); 130 interrupted; 5 a target failed (not the gate); 1 the
+        others shipped or failed the gate."""
+        if self.interrupted is not None:
+            return int(ExitCode.INTERRUPTED)
         if self.ok:
-            return 0
-        return 1 if all(t.status in (*SHIPPED, "gate-failed") for t in self.targets) else 2
+            return int(ExitCode.OK)
+        if any(t.status not in (*SHIPPED, "gate-failed") for t in self.targets):
+            return int(ExitCode.FAILED)
+        return int(ExitCode.GATE_FAILED)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "out": str(self.out), "dataset": self.dataset,
                 "targets": [asdict(t) for t in self.targets], "report": str(self.report),
-                "seconds": round(self.seconds, 2), "skipped_steps": self.skipped_steps}
+                "seconds": round(self.seconds, 2), "skipped_steps": self.skipped_steps,
+                "exit_code": self.exit_code, "interrupted": self.interrupted}
 
 
 def _spec(cfg: ReleaseConfig) -> PreprocessSpec:
@@ -127,66 +139,119 @@ def _arrays(out: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def release(config: ReleaseConfig | str | os.PathLike[str], *, progress: Say | None = None,
-            force: bool = False) -> ReleaseResult:
+            force: bool = False, wait: bool = False) -> ReleaseResult:
     """Run the release flow described by ``config`` (a ReleaseConfig or an edgemed.toml path).
 
-    Raises only for problems that stop every target (bad config, missing data or keys);
-    a target's own failure is recorded in its outcome and the other targets go on.
-    """
-    from ..dicom import LabelledArrays
-    from ..model import load_model
+    The release folder is locked for the run (``<out>/.release.lock``, edgemed.release.lock):
+    a second run on it raises BusyError (``locked``, naming the holder) at once, or waits for
+    it with ``wait``. Ctrl-C (KeyboardInterrupt): the running step leaves nothing behind (builds
+    and bundles are staged and renamed into place), the interruption is recorded in the step
+    state and in a release.json / report.html that supersede the previous ones atomically, and
+    KeyboardInterrupt propagates (the CLI exits 130).
 
+    Raises only for problems that stop every target (bad config, missing data or keys, a held
+    lock); a target's own failure is recorded in its outcome and the other targets go on.
+    """
     cfg = config if isinstance(config, ReleaseConfig) else load_release_config(config)
     say = progress or (lambda msg: None)
-    t0 = time.perf_counter()
     out = cfg.path(cfg.release.out) or Path("release")
     out.mkdir(parents=True, exist_ok=True)
-    state = StepState(out / ".release-state.json")
-    if force:
-        state.data.clear()
+    with hold(out / ".release.lock", what=f"edgemed release ({cfg.release.family})", wait=wait,
+              say=say):
+        return _Run(cfg, out, say, force).run()
+
+
+def _check_keys(cfg: ReleaseConfig) -> None:
     for p in (cfg.signing.publisher_key, cfg.signing.publisher_pub, *cfg.signing.devices):
         q = cfg.path(p.split("=", 1)[-1] if "=" in p and not Path(p).exists() else p)
         if q is None or not q.is_file():
             raise InvalidInputError("key file not found", found=str(q), code="not-found",
                                     fix="edgemed keys generate --kind publisher|device")
-    spec = _spec(cfg)
-    ds_steps: dict[str, str] = {}
-    data_key, manifest = _dataset_step(cfg, spec, out, state, say, ds_steps)
-    calib_x, _ = _arrays(out, "calibration")
-    val_x, val_y = _arrays(out, "val")
-    labels = cfg.model.labels or tuple(manifest.class_names)
-    src = load_model(cfg.model.source if not (cfg.path(cfg.model.source) or Path()).exists()
-                     else str(cfg.path(cfg.model.source)),
-                     weights=cfg.path(cfg.model.weights))
-    test_files = [manifest.root / manifest.records[i].path for i in manifest.indices("test")]
-    if not test_files:
-        test_files = [manifest.root / manifest.records[0].path]
-    shared = _Shared(cfg=cfg, state=state, out=out, say=say, src=src, data_key=data_key,
-                     spec=spec, labels=labels, calib_x=calib_x, dicom_file=test_files[0],
-                     validation=LabelledArrays(val_x, val_y, tuple(manifest.class_names), ()))
-    outcomes = []
-    skipped = sum(1 for v in ds_steps.values() if v.startswith("skipped"))
-    for target in cfg.release.targets:
-        o = TargetOutcome(target)
+
+
+class _Run:
+    """One release run in a locked folder: dataset, then each target; the result files."""
+
+    def __init__(self, cfg: ReleaseConfig, out: Path, say: Say, force: bool) -> None:
+        self.cfg, self.out, self.say, self.t0 = cfg, out, say, time.perf_counter()
+        self.state = StepState(out / ".release-state.json")
+        if force:
+            self.state.data.clear()
+        self.outcomes: list[TargetOutcome] = []
+        self.dataset: dict[str, Any] = {}
+        self.skipped = 0
+
+    def run(self) -> ReleaseResult:
+        """The whole run; on KeyboardInterrupt, records it, writes the result files, re-raises."""
+        _check_keys(self.cfg)
+        self.state.note_run("running")
+        try:
+            shared = self.prepare()
+            for target in self.cfg.release.targets:
+                o = TargetOutcome(target)
+                self.outcomes.append(o)
+                self.target(shared, o)
+        except KeyboardInterrupt:
+            o = self.outcomes[-1] if self.outcomes else None
+            if o is not None and o.status == "pending":
+                o.status = "interrupted"
+            where = {"target": o.target if o else None, "step": o.step if o else "dataset"}
+            info = {"at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), **where}
+            self.state.note_run("interrupted", **where)
+            self.finish(info)
+            raise
+        self.state.note_run("finished")
+        return self.finish(None)
+
+    def prepare(self) -> _Shared:
+        """The dataset step, the decoded splits and the source model, shared by the targets."""
+        from ..dicom import LabelledArrays
+        from ..model import load_model
+
+        cfg, out = self.cfg, self.out
+        spec = _spec(cfg)
+        ds_steps: dict[str, str] = {}
+        data_key, manifest = _dataset_step(cfg, spec, out, self.state, self.say, ds_steps)
+        self.skipped += sum(1 for v in ds_steps.values() if v.startswith("skipped"))
+        self.dataset = {"root": str(manifest.root), **manifest.report}
+        calib_x, _ = _arrays(out, "calibration")
+        val_x, val_y = _arrays(out, "val")
+        labels = cfg.model.labels or tuple(manifest.class_names)
+        src = load_model(cfg.model.source if not (cfg.path(cfg.model.source) or Path()).exists()
+                         else str(cfg.path(cfg.model.source)),
+                         weights=cfg.path(cfg.model.weights))
+        test_files = [manifest.root / manifest.records[i].path for i in manifest.indices("test")]
+        if not test_files:
+            test_files = [manifest.root / manifest.records[0].path]
+        return _Shared(cfg=cfg, state=self.state, out=out, say=self.say, src=src,
+                       data_key=data_key, spec=spec, labels=labels, calib_x=calib_x,
+                       dicom_file=test_files[0],
+                       validation=LabelledArrays(val_x, val_y, tuple(manifest.class_names), ()))
+
+    def target(self, shared: _Shared, o: TargetOutcome) -> None:
+        """Release one target into ``o`` (its failure is recorded, not raised)."""
         ts = time.perf_counter()
         try:
-            _TargetRelease(shared, target, o).run()
+            _TargetRelease(shared, o.target, o).run()
         except EdgemedError as exc:
             o.status = "gate-failed" if type(exc).__name__ == "GateError" else "failed"
             o.error = exc.to_dict()
-            say(f"{target}: {o.status}: {exc.message}")
-        o.seconds = round(time.perf_counter() - ts, 2)
-        skipped += sum(1 for v in o.steps.values() if v.startswith("skipped"))
-        outcomes.append(o)
-    result = ReleaseResult(out, {"root": str(manifest.root), **manifest.report}, outcomes, None,
-                           time.perf_counter() - t0, skipped)
-    from .report import write_release_report
+            self.say(f"{o.target}: {o.status}: {exc.message}")
+        finally:
+            o.seconds = round(time.perf_counter() - ts, 2)
+            self.skipped += sum(1 for v in o.steps.values() if v.startswith("skipped"))
 
-    result.report = write_release_report(result, cfg)
-    result.seconds = time.perf_counter() - t0
-    atomic_write_bytes(out / "release.json",
-                       json.dumps(result.to_dict(), indent=2, default=str).encode())
-    return result
+    def finish(self, interrupted: dict[str, Any] | None) -> ReleaseResult:
+        """Write report.html and release.json (each atomically); return the result."""
+        from .report import write_release_report
+
+        result = ReleaseResult(self.out, self.dataset, self.outcomes, None,
+                               time.perf_counter() - self.t0, self.skipped, interrupted)
+        result.report = write_release_report(result, self.cfg)
+        result.seconds = time.perf_counter() - self.t0
+        atomic_write_bytes(self.out / "release.json",
+                           json.dumps(result.to_dict(), indent=2, default=str).encode())
+        return result
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -227,6 +292,7 @@ class _TargetRelease:
             return cached
         if forget:
             self.s.state.forget(f"{self.name}/{step}")
+        self.o.step = step
         result = run()
         self.s.state.record(f"{self.name}/{step}", key, result)
         self.o.steps[step] = "ran"
@@ -238,10 +304,12 @@ class _TargetRelease:
         from edgemed_runtime import Artifact
 
         from ..targets import load_target
+        from .device_env import for_device_runtime
 
         o, profile = self.o, load_target(self.target)
         if self.s.cfg.release.require_compressed:
             profile = profile.model_copy(update={"require_compressed": True})
+        profile = for_device_runtime(profile, self.s.cfg.release.device_runtime)
         self.name = profile.name
         tdir = self.s.out / "targets" / self.name
         art_dir = tdir / "artifact"
@@ -257,6 +325,7 @@ class _TargetRelease:
         self.bench(profile, check_key, bundle_dir, tdir)
         self.register(bundle_dir)
         o.status = "fallback-fp32" if sel.get("status") == "fallback-fp32" else "released"
+        o.step = None
 
     def build(self, profile: TargetProfile, art_dir: Path) -> str:
         """Build and gate the artifact into ``art_dir``; return the build's content key."""
@@ -294,6 +363,7 @@ class _TargetRelease:
                           Path(pub).read_bytes().decode())  # type: ignore[arg-type]
 
         def run() -> dict[str, str]:
+            self._not_registered(f"{rel.family}-{self.name}", rel.counter)
             self.s.say(f"{self.target}: sealing for {len(devices)} device(s)")
             env = cfg.signing.passphrase_env
             seal(art_dir, bundle_dir, publisher_key=cfg.path(cfg.signing.publisher_key),
@@ -308,12 +378,34 @@ class _TargetRelease:
         self.step("seal", key, run, outputs=[bundle_dir / "bundle.json"])
         return bundle_dir, key
 
+    def _not_registered(self, family: str, counter: int) -> None:
+        """Refuse to seal a release the registry already holds: the new bundle would replace
+        the registered one on disk under the same counter (registry and disk would disagree)."""
+        from ..bundle import Registry
+        from ..errors import BundleError
+
+        try:
+            bid = Registry(self.s.out / "registry.sqlite").resolve(f"{family}@{counter}")
+        except InvalidInputError:
+            return
+        raise BundleError(f"release {counter} of {family} is already registered (bundle "
+                          f"{bid[:12]}); a new bundle needs a new counter",
+                          expected=f"[release] counter > {counter}",
+                          found=f"{family}@{counter} in {self.s.out / 'registry.sqlite'}",
+                          fix="raise counter in the [release] section of edgemed.toml",
+                          code="release-exists")
+
     def device_check(self, seal_key: str, bundle_dir: Path, art: Any) -> str:
         """Open the bundle as a device would; return the check's key. Raises BundleError when
         it does not open or its outputs differ from the build's."""
         from ..errors import BundleError
 
-        key = content_key("device-check", seal_key, tree_key(bundle_dir.rglob("*")))
+        from edgemed_runtime.sdk import MANIFEST_FILE, parse_manifest, requirements_of
+
+        req = requirements_of(parse_manifest((bundle_dir / MANIFEST_FILE).read_bytes()))
+        self.o.device_install = req.install_line
+        key = content_key("device-check", seal_key, tree_key(bundle_dir.rglob("*")),
+                          self.s.cfg.release.device_check)
         self.o.device_check = self.step("device-check", key,
                                         lambda: self._check(bundle_dir, art))
         if not self.o.device_check.get("ok"):
@@ -336,14 +428,25 @@ class _TargetRelease:
             say(f"{self.target}: verifying the signature (no device key given: not decrypted)")
             verify_bundle(bundle_dir, trust=pub, require_hardware=False)
             return {"ok": True, "mode": "signature and manifest only (no verify_device_key)"}
+        python, where = None, "this interpreter, SDK packages blocked"
+        if cfg.release.device_check == "isolated":
+            from edgemed_runtime.sdk import MANIFEST_FILE, parse_manifest, requirements_of
+
+            from .device_env import device_python
+
+            req = requirements_of(parse_manifest((bundle_dir / MANIFEST_FILE).read_bytes()))
+            say(f"{self.target}: preparing the device environment ({req.install_line})")
+            python, where = device_python(req), f"a venv with only: {req.install_line}"
         say(f"{self.target}: opening the bundle as a device (fresh process, runtime only)")
-        res = verify_as_device(bundle_dir, pub, key, dicom_file)  # type: ignore[arg-type]
+        res = verify_as_device(bundle_dir, pub, key, dicom_file,  # type: ignore[arg-type]
+                               python=python)
+        res["environment"] = where
         if res.get("ok"):
             with open_artifact(art) as sess:
                 ref = sess.predict(str(dicom_file))[0]
             res["max_abs_diff_vs_build"] = float(np.max(np.abs(np.asarray(res["probabilities"]) - ref)))
             res["ok"] = res["max_abs_diff_vs_build"] <= 1e-4 and not res["leaked_modules"]
-            res["mode"] = "decrypted and ran in a runtime-only process"
+            res["mode"] = f"decrypted and ran in a runtime-only process ({where})"
         return res
 
     def bench(self, profile: TargetProfile, check_key: str, bundle_dir: Path, tdir: Path) -> None:
@@ -389,17 +492,18 @@ class _TargetRelease:
         return {"candidates": summary, "budget": res.data.get("budget")}
 
     def register(self, bundle_dir: Path) -> None:
-        """Add the bundle to the release registry (a release already there is noted)."""
+        """Add the bundle to the release registry (under its lock); idempotent per bundle id.
+
+        Raises:
+            BundleError: ``release-exists`` (another bundle holds this release: refused)."""
         from ..bundle import Registry
 
         cfg = self.s.cfg
-        reg = Registry(self.s.out / "registry.sqlite")
-        try:
-            entry = reg.add(bundle_dir, trust=cfg.path(cfg.signing.publisher_pub))
-            self.o.registry = {"bundle_id": entry.bundle_id, "family": entry.family,
-                               "release": entry.release}
-        except EdgemedError as exc:
-            if exc.code != "release-exists":
-                raise
-            self.o.registry = {"note": exc.message}
+        path = self.s.out / "registry.sqlite"
+        self.o.step = "register"
+        with hold(path.with_name(path.name + ".lock"), what="edgemed release (register)",
+                  wait=True, say=self.s.say):
+            entry = Registry(path).add(bundle_dir, trust=cfg.path(cfg.signing.publisher_pub))
+        self.o.registry = {"bundle_id": entry.bundle_id, "family": entry.family,
+                           "release": entry.release}
         self.o.steps["register"] = "ran"

@@ -51,6 +51,19 @@ class StepState:
         atomic_write_bytes(self.path, json.dumps(self.data, indent=1, sort_keys=True,
                                                  default=str).encode())
 
+    def note_run(self, status: str, **info: Any) -> None:
+        """Record how the latest run stands (``running``, ``finished``, ``interrupted`` with
+        the target and step it stopped in) under ``_last_run`` (no step has that name)."""
+        from datetime import datetime, timezone
+
+        at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.data["_last_run"] = {"status": status, "at": at, **info}
+        self._write()
+
+    def _write(self) -> None:
+        atomic_write_bytes(self.path, json.dumps(self.data, indent=1, sort_keys=True,
+                                                 default=str).encode())
+
     def forget(self, step: str) -> None:
         if self.data.pop(step, None) is not None:
             atomic_write_bytes(self.path, json.dumps(self.data, indent=1, sort_keys=True,
