@@ -45,7 +45,7 @@ def ort_artifact(tmp_path_factory: pytest.TempPathFactory, trained_tiny: Any,
 
 
 def _run(py: Path, *args: str) -> tuple[int, Any]:
-    proc = subprocess.run([str(py), "-m", "edgemed_runtime", *args], capture_output=True,
+    proc = subprocess.run([str(py), "-m", "edgemed_runtime", *args, "--json"], capture_output=True,
                           text=True, timeout=600, cwd="/")
     try:
         return proc.returncode, json.loads(proc.stdout)
@@ -85,8 +85,8 @@ def test_runs_an_artifact_on_dicom(runtime_venv: Path, tmp_path: Path, ort_artif
                        labels=("no_lesion", "lesion"), preprocess=spec16,
                        options=BuildOptions(select="ov-fp32"))
     code, res = _run(runtime_venv, "verify", str(ov.path))
-    assert code == 2 and res["error"]["code"] == "missing-dependency"
-    assert "pip install openvino" in res["error"]["fix"]
+    assert code == 2 and res["error"]["code"] == "missing-extra"
+    assert res["error"]["fix"] == "pip install 'edgemed-runtime[openvino]'"
 
 
 def test_opens_a_sealed_bundle(runtime_venv: Path, tmp_path: Path, ort_artifact: Any,

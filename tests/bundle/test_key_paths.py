@@ -144,7 +144,7 @@ def locked(make_bundle: SealFn, tmp_path_factory: pytest.TempPathFactory) -> tup
 
 def _run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
     capsys.readouterr()
-    code, err, _ = timed(lambda: run_main(argv), join_s=60)
+    code, err, _ = timed(lambda: run_main([*argv, "--json"]), join_s=60)
     assert err is None, repr(err)
     return code, json.loads(capsys.readouterr().out)
 

@@ -92,7 +92,7 @@ def test_edgemed_run_exit_2(command: str, fresh: Path, keys: Keys, tmp_path: Pat
     dcm.write_bytes(b"not opened: the bundle is refused first")
     argv = [command, str(fresh), "--trust", str(keys.publisher.public_path), "--device-key",
             str(keys.device.private_path), "--state-dir", str(state)]
-    code = run_main(argv + ([str(dcm)] if command == "run" else []))
+    code = run_main(argv + ([str(dcm)] if command == "run" else []) + ["--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 2, out
     assert out["error"]["type"] == "StateError" and str(state) in out["error"]["found"]
