@@ -1,7 +1,7 @@
 """The ``edgemed`` command line: thin typer commands over the Python API, rendered with rich.
 
-Each command module defines ``register(app)``; ``MODULES`` lists them. Exit codes: 0 success,
-1 accuracy gate failed (or a budget exceeded), 2 bad input / refused (any other EdgemedError).
+Each command module defines ``register(app)``; ``MODULES`` lists them. Exit codes: one meaning
+each, edgemed_runtime.exit_codes (docs/cli.md "Exit codes").
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ import importlib
 import sys
 
 import typer
-from rich.markup import escape
 
-from .common import console, err_console
+from .common import console, err_console, interrupted, render_error
 
 app = typer.Typer(
     name="edgemed",
@@ -35,14 +34,23 @@ _register_all()
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: exit codes from edgemed_runtime.exit_codes (docs/cli.md);
+    Ctrl-C anywhere (even while imports run) prints "interrupted" and exits 130."""
     from edgemed.errors import EdgemedError
 
     try:
-        app()
+        code = app(standalone_mode=False)
+    except (KeyboardInterrupt, typer.Abort):
+        sys.exit(interrupted().exit_code)
+    except typer.exceptions.TyperException as exc:  # usage errors: shown as click shows them
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        sys.exit(getattr(exc, "exit_code", 2))
     except EdgemedError as exc:  # commands render their own; this is the last net
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        render_error(exc)
         sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["app", "console", "main"]
