@@ -19,7 +19,8 @@ makes before finding edges): the values do not change, the one-hot tensors get s
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -140,8 +141,28 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, *, labels: tuple[str, ...]
     if not (np.isfinite(tolerance_mm) and tolerance_mm > 0):
         raise InvalidInputError("surface Dice tolerance must be positive", expected="> 0 mm",
                                 found=str(tolerance_mm), code="bad-option")
-    return {name: label_metrics(p == k, t == k, spacing=sp, tolerance_mm=float(tolerance_mm))
-            for k, name in enumerate(labels, start=1)}
+    with one_torch_thread():
+        return {name: label_metrics(p == k, t == k, spacing=sp, tolerance_mm=float(tolerance_mm))
+                for k, name in enumerate(labels, start=1)}
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread inside, then restore the previous count.
+
+    MONAI's edge and distance steps are many small reductions: on a shared 2-core machine the
+    default thread pool made 20 cases of 64x96x96 take 37 s instead of 7 s (same values).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if before != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if before != 1:
+            torch.set_num_threads(before)
 
 
 def label_metrics(pred: np.ndarray, truth: np.ndarray, *, spacing: tuple[float, ...],

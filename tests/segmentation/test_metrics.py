@@ -194,3 +194,10 @@ def test_tolerance_must_be_positive() -> None:
     with pytest.raises(InvalidInputError) as e:
         case_metrics(m, m, labels=("a",), spacing=(1, 1, 1), tolerance_mm=0.0)
     assert e.value.code == "bad-option"
+
+
+def test_torch_thread_count_is_restored() -> None:
+    before = torch.get_num_threads()
+    pred, truth = _two_label_case(3)
+    case_metrics(pred, truth, labels=LABELS, spacing=(1, 1, 1))
+    assert torch.get_num_threads() == before
