@@ -178,8 +178,8 @@ def _accumulate(x: np.ndarray, predictor: Predictor, spec: InferenceSpec,
                 "the predictor returned a different channel count for another window",
                 expected=f"{acc.shape[1]} channels", found=f"{out.shape[1]}",
                 code="window-output")
-        out *= weights
-        for (b, sl), piece in zip(slices, out):
+        weighted = out * weights  # a new array: the predictor's may be read-only or reused
+        for (b, sl), piece in zip(slices, weighted):
             acc[(b, slice(None), *sl)] += piece
     assert acc is not None  # at least one window exists
     return acc
