@@ -98,6 +98,9 @@ def open_runner(c: Candidate, preprocess: Any = None) -> Runner:
         return Runner(run=lambda x: s.run(None, {inp.name: x})[0], close=lambda: None,
                       preprocess=preprocess, dynamic_batch=not isinstance(inp.shape[0], int))
     if c.kind == "openvino-ir":
+        from .._openvino import no_telemetry
+
+        no_telemetry()
         import openvino as ov
 
         core = ov.Core()

@@ -93,6 +93,9 @@ def _ort_static(reference: Path, calib: np.ndarray, out_dir: Path) -> None:
 
 
 def _nncf_ov(reference: Path, calib: np.ndarray, out_dir: Path) -> None:
+    from .._openvino import no_telemetry
+
+    no_telemetry()
     import nncf
     import openvino as ov
 

@@ -30,11 +30,17 @@ class ConvertOpenVino(Pass[ConvertOpenVinoConfig]):
     modules = ("openvino",)
 
     def tool_versions(self) -> dict[str, str]:
+        from .._openvino import no_telemetry
+
+        no_telemetry()
         import openvino as ov
 
         return {"openvino": ov.get_version()}
 
     def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> PassOutput:
+        from .._openvino import no_telemetry
+
+        no_telemetry()
         import openvino as ov
 
         from .quantize.openvino import save_packed

@@ -11,7 +11,7 @@ from __future__ import annotations
 from .artifact import ARTIFACT_FILE
 from .backends import backend_class, backend_names
 from .backends.onnxruntime import wanted_providers
-from .backends.openvino import pack_ir
+from .backends.openvino import import_openvino, pack_ir
 from .backends.probe import probe
 from .backends.tensorrt.recipe import TrtRecipe, pack_recipe
 from .bundle import (
@@ -83,7 +83,7 @@ __all__ = [
     "atomic_write_bytes", "backend_class", "backend_names", "build_signature",
     "build_statement", "canonical_json", "check_commitment", "check_family",
     "check_publisher_key", "check_relpath", "compress_payload", "encrypt_stream",
-    "fingerprint", "format_time", "inspect_bundle", "install_bundle", "key_commitment",
+    "fingerprint", "format_time", "import_openvino", "inspect_bundle", "install_bundle", "key_commitment",
     "load_input", "load_private_key", "load_public_key", "new_data_key", "open_bundle",
     "pack_archive", "pack_ir", "pack_recipe", "pack_weights", "pae", "parse_manifest",
     "parse_shape", "probe", "publisher_hint", "quiet", "read_bundle", "read_dataset",

@@ -39,6 +39,9 @@ class OpenVinoQuantizeConfig(PassConfig):
 
 def save_packed(model: object, out: Path) -> int:
     """Save an ``ov.Model`` uncompressed and write it packed to ``out`` atomically; return bytes."""
+    from ..._openvino import no_telemetry
+
+    no_telemetry()
     import openvino as ov
 
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
@@ -60,12 +63,18 @@ class QuantizeOpenVino(Pass[OpenVinoQuantizeConfig]):
     modules = ("openvino", "nncf")
 
     def tool_versions(self) -> dict[str, str]:
+        from ..._openvino import no_telemetry
+
+        no_telemetry()
         import nncf
         import openvino as ov
 
         return {"openvino": ov.get_version(), "nncf": nncf.__version__}
 
     def run(self, artifact: Artifact, workdir: Path, ctx: BuildContext) -> PassOutput:
+        from ..._openvino import no_telemetry
+
+        no_telemetry()
         import nncf
         import openvino as ov
 
