@@ -32,10 +32,9 @@ def _fmt(v: Any, nd: int = 2) -> str:
 
 def render(data: dict[str, Any]) -> None:
     """Print the result as rich tables (latency, cold start, ratios, efficiency, load, budget)."""
-    from rich.console import Console
     from rich.table import Table
 
-    out = console if console.is_terminal else Console(width=max(console.width, 150))
+    out = console
     c = data["candidates"]
     cfg = data.get("config", {})
     t = Table(title=f"Warm latency, batch 1 (ms; {cfg.get('processes')} fresh processes pooled; "
@@ -113,10 +112,31 @@ def render(data: dict[str, Any]) -> None:
         out.print(f"[dim]skipped {k}: {v}[/]")
     b = data.get("budget", {})
     if b.get("checked"):
+        src = b.get("source", f"target profile {b.get('target')}")
+        how = "enforced" if b.get("enforced") else "not enforced (pass --enforce-budget)"
         if b["exceeded"]:
-            out.print(f"[bold red]Budget of {b['target']} exceeded:[/] " + "; ".join(b["reasons"]))
+            out.print(f"[bold red]Budget exceeded[/] ({src}; {how}): " + "; ".join(b["reasons"]))
         else:
-            out.print(f"[green]Within the budgets of {b['target']}.[/]")
+            out.print(f"[green]Within the budget[/] ({src}; {how}).")
+
+
+def budget_verdict(data: dict[str, Any], budget_ms: float | None,
+                   enforce: bool) -> dict[str, Any]:
+    """The budget section with where the budget came from (``source``) and whether it is
+    ``enforced``: ``budget_ms`` (the user's, always enforced) replaces the profile's latency
+    budget; the profile's budget is enforced only with ``enforce``."""
+    b = dict(data.get("budget") or {})
+    if budget_ms is None:
+        if b.get("checked"):
+            b["source"] = f"target profile {b.get('target')} [budget]"
+        b["enforced"] = bool(enforce and b.get("checked"))
+        return b
+    lat = (data.get("candidates", {}).get("edgemed", {}).get("latency_ms") or {}).get("p50")
+    over = lat is not None and lat > budget_ms
+    return {"checked": lat is not None, "target": b.get("target"), "source": "--budget-ms",
+            "enforced": True, "exceeded": over,
+            "latency_ms": {"budget": budget_ms, "measured_p50": lat},
+            "reasons": [f"p50 latency {lat:.2f} ms > budget {budget_ms} ms"] if over else []}
 
 
 def register(app: typer.Typer) -> None:
@@ -138,7 +158,14 @@ def register(app: typer.Typer) -> None:
         settle: int = typer.Option(2, "--settle", help="Untimed calls at the start of each turn."),
         processes: int = typer.Option(5, "--processes", help="Fresh processes for warm timing."),
         cold: int = typer.Option(2, "--cold", help="Fresh processes per candidate for cold start."),
-        target: Optional[str] = typer.Option(None, "--target", help="Profile whose budgets apply."),
+        target: Optional[str] = typer.Option(None, "--target", help="Profile whose budgets are "
+                                             "reported (enforced only with --enforce-budget)."),
+        budget_ms: Optional[float] = typer.Option(None, "--budget-ms", min=0.0, help="Latency "
+                                                  "budget (p50, ms) to enforce: exit 3 when "
+                                                  "exceeded."),
+        enforce_budget: bool = typer.Option(False, "--enforce-budget", help="Exit 3 when the "
+                                            "target profile's latency or memory budget is "
+                                            "exceeded (default: report it only)."),
         calib: Optional[Path] = typer.Option(None, "--calib", help="DICOM folder or .npy (default: "
                                              "synthetic CT)."),
         dicom: str = typer.Option("synthetic", "--dicom", help="DICOM file for the end-to-end "
@@ -148,12 +175,14 @@ def register(app: typer.Typer) -> None:
         device_key: Optional[Path] = typer.Option(None, "--device-key", help="Device key (bundles)."),
         input_shape: str = typer.Option("1x1x224x224", "--input", help="Input shape for a model spec."),
         save: Optional[Path] = typer.Option(None, "--save", help="Write the JSON result here."),
-        as_json: bool = typer.Option(False, "--json", help="Print the JSON result only."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON "
+                                     "document on stdout (progress goes to stderr)."),
         no_ceilings: bool = typer.Option(False, "--no-ceilings", help="Skip the GEMM ceilings."),
     ) -> None:
         """Time SOURCE: cold start, warm latency, throughput, memory, end to end; peers; ratios.
 
-        Exit code 1 when the target profile's latency or memory budget is exceeded.
+        Budgets are enforced only when asked: exit 3 when --budget-ms is exceeded, or with
+        --enforce-budget when the target profile's budget is; else they are reported.
         """
         from edgemed.bench.api import bench
         from edgemed.bench.runner import BenchConfig
@@ -175,11 +204,15 @@ def register(app: typer.Typer) -> None:
                                reference=reference, trust=trust, device_key=device_key,
                                input_shape=_ints(input_shape, "--input"),
                                ceilings=not no_ceilings, progress=say)
+            result.data["budget"] = budget_verdict(result.data, budget_ms, enforce_budget)
             if save is not None:
                 result.save(save)
             if as_json:
                 print_json(result.data)
             else:
                 render(result.data)
-            if result.exit_code:
-                raise typer.Exit(result.exit_code)
+            b = result.data["budget"]
+            if b.get("enforced") and b.get("exceeded"):
+                from edgemed_runtime.sdk import ExitCode
+
+                raise typer.Exit(int(ExitCode.BUDGET_EXCEEDED))

@@ -28,7 +28,8 @@ def register(app: typer.Typer) -> None:
             False, "--require-compressed",
             help="fail (exit 1) rather than ship the FP32 baseline when no compressed candidate can"),
         seed: int = typer.Option(0, "--seed"),
-        as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+        as_json: bool = typer.Option(False, "--json", help="print the result as one JSON "
+                                     "document on stdout (progress goes to stderr)"),
     ) -> None:
         """Build the fastest compressed artifact that passes the accuracy gate and is no slower
         than FP32; else the FP32 baseline (status fallback-fp32), or exit 1 with --require-compressed."""

@@ -13,7 +13,7 @@ from typing import Any, List, Optional
 import typer
 from rich.table import Table
 
-from .common import console, handle_errors, print_json
+from .common import JSON_HELP, console, handle_errors, print_json
 
 
 def _passphrase(env: Optional[str], prompt: bool, *, confirm: bool = False) -> Optional[str]:
@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
         passphrase_env: Optional[str] = typer.Option(None, "--passphrase-env", help="protect the private key with the passphrase in this env var"),
         passphrase: bool = typer.Option(False, "--passphrase", help="prompt for a passphrase"),
         overwrite: bool = typer.Option(False, "--overwrite"),
-        as_json: bool = typer.Option(False, "--json"),
+        as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     ) -> None:
         """Generate a publisher or device key pair (PEM)."""
         from edgemed.bundle import generate_keypair
@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
         unwrap_key: Path = typer.Option(..., "--unwrap-key", help="private key of a device (or escrow) the bundle is already wrapped for"),
         trust: Path = typer.Option(..., "--trust", help="publisher public key"),
         passphrase_env: Optional[str] = typer.Option(None, "--passphrase-env", help="passphrase of --unwrap-key"),
-        as_json: bool = typer.Option(False, "--json"),
+        as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     ) -> None:
         """Wrap the bundle's data key for one more device (no re-encryption, no re-signing)."""
         from edgemed.bundle import Recipient, add_device
@@ -121,8 +121,9 @@ def register(app: typer.Typer) -> None:
         passphrase_env: Optional[str] = typer.Option(None, "--passphrase-env", help="passphrase of the publisher key"),
         overwrite: bool = typer.Option(False, "--overwrite"),
         register_it: bool = typer.Option(True, "--register/--no-register", help="record it in the registry"),
-        registry: Optional[Path] = typer.Option(None, "--registry", help="registry database (default ~/.edgemed/registry.db)"),
-        as_json: bool = typer.Option(False, "--json"),
+        registry: Optional[Path] = typer.Option(None, "--db", help="registry database (default ~/.edgemed/registry.db)"),
+        registry_alias: Optional[Path] = typer.Option(None, "--registry", hidden=True, help="old name of --db"),
+        as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     ) -> None:
         """Seal an artifact: encrypt, sign (OMS), wrap the data key for each device."""
         from edgemed.bundle import Recipient, Registry, SealOptions, seal
@@ -145,7 +146,7 @@ def register(app: typer.Typer) -> None:
 
             info = inspect_bundle(path)
             if register_it:
-                Registry(registry).add(path)
+                Registry(registry or registry_alias).add(path)
             d = {"bundle": str(path), "bundle_id": info["bundle_id"], "family": family,
                  "release": release, "expires": info["expires"],
                  "devices": len(info["devices"]), "registered": register_it,
@@ -161,7 +162,7 @@ def register(app: typer.Typer) -> None:
         bundle: Path = typer.Argument(..., help="bundle directory or .edgemed file"),
         trust: Path = typer.Option(..., "--trust", help="publisher public key (PEM)"),
         hardware_id: Optional[str] = typer.Option(None, "--hardware-id", help="also check this hardware id"),
-        as_json: bool = typer.Option(False, "--json"),
+        as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     ) -> None:
         """Verify a bundle's signature, file hashes and manifest (no device key needed)."""
         from edgemed_runtime.sdk import verify_bundle
@@ -185,7 +186,7 @@ def register(app: typer.Typer) -> None:
         bundle: Path = typer.Argument(...),
         trust: Optional[Path] = typer.Option(None, "--trust", help="verify with this publisher key first"),
         db: Optional[Path] = db_opt,
-        as_json: bool = typer.Option(False, "--json"),
+        as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     ) -> None:
         """Register an existing bundle."""
         from edgemed.bundle import Registry
@@ -199,7 +200,7 @@ def register(app: typer.Typer) -> None:
     def registry_list(
         family: Optional[str] = typer.Option(None, "--family"),
         db: Optional[Path] = db_opt,
-        as_json: bool = typer.Option(False, "--json"),
+        as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     ) -> None:
         """List registered bundles."""
         from edgemed.bundle import Registry
@@ -221,7 +222,7 @@ def register(app: typer.Typer) -> None:
     def registry_show(
         ref: str = typer.Argument(..., help="bundle id (prefix), family@release or family:channel"),
         db: Optional[Path] = db_opt,
-        as_json: bool = typer.Option(False, "--json"),
+        as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     ) -> None:
         """Show one bundle: manifest, lineage and events."""
         from edgemed.bundle import Registry
@@ -244,7 +245,7 @@ def register(app: typer.Typer) -> None:
         a: str = typer.Argument(...),
         b: str = typer.Argument(...),
         db: Optional[Path] = db_opt,
-        as_json: bool = typer.Option(False, "--json"),
+        as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     ) -> None:
         """What changed between two bundles: passes, configs, metrics, hashes."""
         from edgemed.bundle import Registry
@@ -278,7 +279,7 @@ def register(app: typer.Typer) -> None:
         channel: str = typer.Option("production", "--channel"),
         note: Optional[str] = typer.Option(None, "--note"),
         db: Optional[Path] = db_opt,
-        as_json: bool = typer.Option(False, "--json"),
+        as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     ) -> None:
         """Point a channel (default production) of the bundle's family at it."""
         from edgemed.bundle import Registry
@@ -294,7 +295,7 @@ def register(app: typer.Typer) -> None:
         channel: str = typer.Option("production", "--channel"),
         note: Optional[str] = typer.Option(None, "--note"),
         db: Optional[Path] = db_opt,
-        as_json: bool = typer.Option(False, "--json"),
+        as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     ) -> None:
         """Point a channel back at the bundle it held before (devices still refuse lower releases:
         re-seal the older artifact with a higher --release to ship it)."""

@@ -76,6 +76,9 @@ def interrupted(as_json: bool = False) -> typer.Exit:
     return typer.Exit(int(ExitCode.INTERRUPTED))
 
 
+JSON_HELP = "print the result as one JSON document on stdout (for scripts)"
+"""The description of every ``--json`` option."""
+
 _JSON_OUT: list[IO[str]] = []
 
 

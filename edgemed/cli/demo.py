@@ -19,9 +19,14 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         targets: str = typer.Option("cpu-x86,openvino-cpu,mobile-android", "--targets",
                                     help="comma-separated targets to release (those buildable here run)"),
-        as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+        as_json: bool = typer.Option(False, "--json", help="print the result as one JSON "
+                                     "document on stdout (progress goes to stderr)"),
     ) -> None:
-        """Synthetic CT DICOM -> train a MONAI ResNet -> release bundles per target -> FP32 vs INT8."""
+        """Synthetic CT DICOM -> train a MONAI ResNet -> release bundles per target -> FP32 vs INT8.
+
+        Exits with the release's code (docs/cli.md): 0 every target shipped, 1 a gate failed,
+        5 a target failed, 130 interrupted.
+        """
         from dataclasses import asdict
 
         from edgemed.demo import DemoConfig, run_demo
@@ -31,9 +36,10 @@ def register(app: typer.Typer) -> None:
                              targets=tuple(t.strip() for t in targets.split(",") if t.strip()))
             with progress_callback("demo", quiet=as_json) as say:
                 r = run_demo(out, cfg, progress=say)
+            code = int(r.release.get("exit_code", 0))  # the release's: same state, same code
             if as_json:
-                print_json({"ok": True, **asdict(r)})
-                return
+                print_json({"ok": code == 0, **asdict(r)})
+                raise typer.Exit(code)
             first = next(o for o in r.release["targets"] if o["chosen"] == r.chosen_variant)
             console.print(f"split by patient: {r.split}; {first['target']} chose "
                           f"[bold]{r.chosen_variant}[/] ({first['status']}): {r.why}")
@@ -79,3 +85,4 @@ def register(app: typer.Typer) -> None:
             console.print(f"report: {r.release['report']}")
             console.print(f"try: edgemed predict {r.artifact} {r.out / 'dicom'}   |   "
                           f"edgemed release {r.out / 'edgemed.toml'} (re-run: unchanged steps skip)")
+        raise typer.Exit(code)

@@ -41,10 +41,11 @@ def test_json_output_and_budget_exit_codes(app, tiny_artifact, bench_cache, tmp_
     assert data["budget"]["checked"] and not data["budget"]["exceeded"]
     assert json.loads((tmp_path / "r.json").read_text())["order"] == data["order"]
     over = runner.invoke(app, ["bench", str(tiny_artifact.path), *FAST, "--json",
-                               "--target", str(_profile(tmp_path, 1e-6))])
-    assert over.exit_code == 1
+                               "--target", str(_profile(tmp_path, 1e-6)), "--enforce-budget"])
+    assert over.exit_code == 3  # budget-exceeded, only because it was asked for
     b = json.loads(over.stdout)["budget"]
-    assert b["exceeded"] and "latency" in b["reasons"][0]
+    assert b["exceeded"] and b["enforced"] and "latency" in b["reasons"][0]
+    assert "[budget]" in b["source"]
 
 
 def test_tables_are_printed(app, tiny_artifact, bench_cache) -> None:
