@@ -201,6 +201,23 @@ def test_dynamic_spatial_export_runs_at_two_sizes(unet3d) -> None:
     assert _max_diff(whole, ref) <= BAR
 
 
+def test_pointwise_predictor_gives_its_whole_input_output() -> None:
+    """A voxel-wise model gives the same value in every window: the blend returns it (to float32
+    rounding) for every blend and padding, also when the predictor's array is read-only."""
+    def pointwise(batch: np.ndarray) -> np.ndarray:
+        out = np.concatenate([np.tanh(batch), batch * 2.0], axis=1)
+        out.flags.writeable = False
+        return out
+
+    x = _volume(21, 50, 37, seed=5) * 3.0
+    expected = np.concatenate([np.tanh(x), x * 2.0], axis=1)
+    for spec in (InferenceSpec(roi_size=(16, 24, 40), overlap=0.6, blend="gaussian",
+                               sw_batch_size=3),
+                 InferenceSpec(roi_size=(32, 16, 16), overlap=0.0, padding_mode="replicate")):
+        out = sliding_window(x, pointwise, spec)
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
 # -- refusals ---------------------------------------------------------------------------------
 
 def test_classification_output_is_refused_unless_whole() -> None:
