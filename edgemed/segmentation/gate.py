@@ -20,7 +20,14 @@ from pydantic import Field
 from ..errors import InvalidInputError
 from ..evaluate import _counts, _interval, _resamples
 from ..passes.base import PassConfig
-from .metrics import METRICS, case_metrics, check_spacing, empty_counts, metric_settings
+from .metrics import (
+    METRICS,
+    case_metrics,
+    check_label_names,
+    check_spacing,
+    empty_counts,
+    metric_settings,
+)
 
 AGREEMENT_MODE = "agreement with FP32 (no ground truth)"
 _NO_TRUTH = "no ground truth given: the gate compares the candidate with the FP32 reference only"
@@ -133,15 +140,16 @@ def run_segmentation_gate(ref: Sequence[np.ndarray], cand: Sequence[np.ndarray],
         ``mask-grid`` (a case's volumes on different grids), ``bad-labels``, ``bad-spacing``.
     """
     cfg = cfg or SegGateConfig()
+    labels = check_label_names(labels)
     n = _check_cases(ref, cand, truth, spacings)
-    tables = _measure(ref, cand, truth, labels=tuple(labels), spacings=spacings, cfg=cfg)
+    tables = _measure(ref, cand, truth, labels=labels, spacings=spacings, cfg=cfg)
     w = _counts(_resamples(n, cfg.bootstrap, cfg.bootstrap_seed), n)
     agree_dice = _array(tables["agreement"], labels, "dice").mean(1)
     lo, hi = _interval(w @ agree_dice / n, cfg.confidence)
     agreement = {**_means(tables["agreement"], labels), "dice_ci": (lo, hi),
                  "confidence": cfg.confidence, "min_agreement_dice": cfg.min_agreement_dice}
     warns = _warnings(tables, labels, n=n, w=w, cfg=cfg)
-    common = dict(labels=tuple(labels), n=n, agreement=agreement, per_case=_per_case(tables),
+    common = dict(labels=labels, n=n, agreement=agreement, per_case=_per_case(tables),
                   per_label=_per_label(tables, labels),
                   empty_masks={k: empty_counts(v) for k, v in tables.items()},
                   metric_settings=metric_settings(cfg.tolerance_mm), decision=cfg.decision,
@@ -176,8 +184,8 @@ def seg_gate_summary(gate: Mapping[str, Any] | None) -> str:
     verdict = "pass" if gate.get("passed") else "fail"
     if not gate.get("labelled"):
         lo, hi = a.get("dice_ci") or (float("nan"), float("nan"))
-        parts.append(f"agreement with FP32 (no ground truth): Dice {a.get('dice', float('nan')):.4f}"
-                     f" [{lo:.4f},{hi:.4f}]")
+        dice = a.get("dice", float("nan"))
+        parts.append(f"agreement with FP32 (no ground truth): Dice {dice:.4f} [{lo:.4f},{hi:.4f}]")
         if w:
             parts.append(f"lowest {w['agreement_dice']:.3f} (case {w['case']}, {w['label']})")
         return " ".join(parts + [verdict])
@@ -199,13 +207,19 @@ def seg_gate_summary(gate: Mapping[str, Any] | None) -> str:
 def _check_cases(ref: Sequence[np.ndarray], cand: Sequence[np.ndarray],
                  truth: Sequence[np.ndarray] | None, spacings: Sequence[Sequence[float]]) -> int:
     """The number of cases; typed errors when the lists or a case's grids do not match."""
+    lists = {"reference": ref, "candidate": cand, "spacings": spacings}
+    if truth is not None:
+        lists["ground truth"] = truth
+    for what, value in lists.items():
+        if not hasattr(value, "__len__") or isinstance(value, (str, bytes)):
+            raise InvalidInputError(f"the {what} is not a per-case list",
+                                    expected="one entry per case", found=type(value).__name__,
+                                    code="shape-mismatch")
     n = len(ref)
     if n == 0:
         raise InvalidInputError("the segmentation gate got no cases", expected=">= 1 case",
                                 found="0", code="empty")
-    counts = {"candidate": len(cand), "spacings": len(spacings)}
-    if truth is not None:
-        counts["ground truth"] = len(truth)
+    counts = {k: len(v) for k, v in lists.items() if k != "reference"}
     if any(c != n for c in counts.values()):
         raise InvalidInputError(
             "the per-case lists differ in length", expected=f"{n} (the reference's cases) each",
@@ -221,8 +235,17 @@ def _check_cases(ref: Sequence[np.ndarray], cand: Sequence[np.ndarray],
                     f"case {i}: the {what} label volume is on another grid than the reference's",
                     expected=f"shape {shape}", found=f"shape {s}",
                     fix="resample every volume of a case onto one grid", code="mask-grid")
-        check_spacing(spacings[i], len(shape))
+        try:
+            check_spacing(spacings[i], len(shape))
+        except InvalidInputError as e:
+            raise _in_case(i, e) from None
     return n
+
+
+def _in_case(i: int, e: InvalidInputError) -> InvalidInputError:
+    """``e`` with its message prefixed by the case index (same code, expected, found, fix)."""
+    return InvalidInputError(f"case {i}: {e.message}", expected=e.expected, found=e.found,
+                             fix=e.fix, code=e.code)
 
 
 def _measure(ref: Sequence[np.ndarray], cand: Sequence[np.ndarray],
@@ -242,8 +265,7 @@ def _measure(ref: Sequence[np.ndarray], cand: Sequence[np.ndarray],
                 out[key].append(case_metrics(p, t, labels=labels, spacing=spacings[i],
                                              tolerance_mm=cfg.tolerance_mm))
             except InvalidInputError as e:
-                raise InvalidInputError(f"case {i}: {e.message}", expected=e.expected,
-                                        found=e.found, fix=e.fix, code=e.code) from None
+                raise _in_case(i, e) from None
     return out
 
 

@@ -68,8 +68,8 @@ def check_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
     if len(sp) != ndim or not all(np.isfinite(s) and s > 0 for s in sp):
         raise InvalidInputError(
             "voxel spacing is not usable", expected=f"{ndim} positive numbers (mm, array order)",
-            found=_short(spacing), fix="pass the volume's spacing, e.g. (z, y, x) = (2.0, 0.8, 0.8)",
-            code="bad-spacing")
+            found=_short(spacing), code="bad-spacing",
+            fix="pass the volume's spacing, e.g. (z, y, x) = (2.0, 0.8, 0.8)")
     return sp
 
 
@@ -129,7 +129,7 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, *, labels: tuple[str, ...]
         InvalidInputError: ``mask-grid`` (grids differ), ``bad-labels``, ``bad-spacing``,
         ``bad-option`` (tolerance not positive).
     """
-    labels = _check_label_names(labels)
+    labels = check_label_names(labels)
     p = check_mask(pred, len(labels), what="predicted")
     t = check_mask(truth, len(labels), what="ground-truth")
     if p.shape != t.shape:
@@ -212,9 +212,14 @@ def _union_box(union: np.ndarray) -> tuple[slice, ...]:
     return tuple(out)
 
 
-def _check_label_names(labels: Sequence[str]) -> tuple[str, ...]:
-    names = tuple(labels) if not isinstance(labels, str) else ()
-    if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) < len(names):
+def check_label_names(labels: Sequence[str]) -> tuple[str, ...]:
+    """``labels`` as a tuple of distinct non-empty names; ``bad-labels`` otherwise."""
+    try:
+        names = tuple(labels) if not isinstance(labels, str) else ()
+    except TypeError:
+        names = ()
+    named = all(isinstance(n, str) and n for n in names)
+    if not names or not named or len(set(names)) < len(names):
         raise InvalidInputError("the label names are not usable",
                                 expected="a tuple of distinct, non-empty names of labels 1..K",
                                 found=_short(labels), code="bad-labels")

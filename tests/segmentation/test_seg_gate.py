@@ -227,4 +227,10 @@ def test_bad_input_is_refused(data) -> None:
     assert e.value.code == "bad-labels" and e.value.message.startswith("case 1:")
     with pytest.raises(InvalidInputError) as e:
         run_segmentation_gate(ref, ref, truth, labels=LABELS, spacings=[(1.0, 1.0)] * N)
-    assert e.value.code == "bad-spacing"
+    assert e.value.code == "bad-spacing" and e.value.message.startswith("case 0:")
+    with pytest.raises(InvalidInputError) as e:
+        run_segmentation_gate(ref, ref, truth, labels=None, spacings=sp)  # type: ignore[arg-type]
+    assert e.value.code == "bad-labels"
+    with pytest.raises(InvalidInputError) as e:
+        run_segmentation_gate(ref, ref, truth, labels=LABELS, spacings=5)  # type: ignore[arg-type]
+    assert e.value.code == "shape-mismatch"
