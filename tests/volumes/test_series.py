@@ -108,6 +108,24 @@ def test_slice_refs_headers_and_info(tmp_path: Path) -> None:
     assert vol.info["files"] == [f.name for f in info.files] and vol.info["dropped"] == []
 
 
+def test_memory_one_slice_at_a_time(tmp_path: Path) -> None:
+    """Above what the volume keeps (array + headers), decoding needs a few slices' worth of memory
+    at its peak, not the series' pixel data (all of it raw would be 16 slices' worth here)."""
+    import tracemalloc
+
+    _series(tmp_path / "s", shape=(32, 256, 256), organs=False)
+    read_series(tmp_path / "s")  # warm imports and caches
+    tracemalloc.start()
+    try:
+        vol = read_series(tmp_path / "s")
+        kept, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    slice_bytes = 256 * 256 * 4
+    assert kept >= vol.array.nbytes
+    assert peak - kept < 6 * slice_bytes, (peak - kept) / slice_bytes
+
+
 def test_matches_monai_pydicom_reader(tmp_path: Path) -> None:
     """MONAI's PydicomReader gives (x, y, z) data and a RAS affine: our (z, y, x) array and LPS
     affine, with the axes permuted and L/P flipped, must agree."""

@@ -149,6 +149,7 @@ def read_dataset(
     stop_before_pixels: bool = False,
     max_inflated_bytes: int = MAX_INFLATED_BYTES,
     header_allowance: int = HEADER_ALLOWANCE,
+    defer_size: int | None = None,
 ) -> "Dataset":
     """Parse a DICOM Part 10 file (or a raw dataset without the Part 10 header, see
     ``looks_like_raw_dataset``; callers warn with ``RAW_DATASET_WARNING``) with every guard above.
@@ -158,6 +159,8 @@ def read_dataset(
         stop_before_pixels: skip Pixel Data (for indexing headers).
         max_inflated_bytes, header_allowance: the budget of a deflated dataset: at most
             ``header_allowance`` + its declared pixel bytes, never over ``max_inflated_bytes``.
+        defer_size: elements larger than this many bytes are read when first used (default
+            ``DEFER_BYTES``; not for deflated files, which are inflated in memory).
     Returns:
         the pydicom Dataset (its sequences checked to ``MAX_SEQUENCE_DEPTH``).
     Raises:
@@ -182,7 +185,7 @@ def read_dataset(
                 max_bytes=max_inflated_bytes, allowance=header_allowance))
         del meta
     if ds is None:
-        ds = _parse(lambda: _dcmread(p, stop_before_pixels, force=raw))
+        ds = _parse(lambda: _dcmread(p, stop_before_pixels, force=raw, defer_size=defer_size))
     if raw:
         _record_raw_encoding(ds)
     check_lengths(ds, size)
@@ -262,10 +265,12 @@ DEFER_BYTES = 1 << 20
 ``defer_size``), so a hostile private blob that is never used costs no memory."""
 
 
-def _dcmread(p: Path, stop_before_pixels: bool, *, force: bool = False) -> "Dataset":
+def _dcmread(p: Path, stop_before_pixels: bool, *, force: bool = False,
+             defer_size: int | None = None) -> "Dataset":
     import pydicom
 
-    ds = pydicom.dcmread(p, stop_before_pixels=stop_before_pixels, defer_size=DEFER_BYTES,
+    ds = pydicom.dcmread(p, stop_before_pixels=stop_before_pixels,
+                         defer_size=DEFER_BYTES if defer_size is None else defer_size,
                          force=force)
     ds.file_meta.get("TransferSyntaxUID")  # force the meta to be parsed
     return ds

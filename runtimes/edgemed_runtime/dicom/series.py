@@ -1,12 +1,14 @@
 """A DICOM series (a folder or a list of files) -> one ``Volume``. pydicom + numpy, no torch.
 
-``read_series`` reads every header (pixels skipped) with the defensive parser, groups instances
-by Series Instance UID, drops localizers (ImageType LOCALIZER) by default, picks one series
-(``series_uid`` or a ``SeriesFilter``), checks and sorts its slices (``series_geometry``), then
-decodes one instance at a time into a preallocated float32 array with each slice's own Modality
-LUT (Rescale Slope / Intercept, or the frame's Pixel Value Transformation group). Classic
-single-frame series and enhanced multi-frame CT / MR (per-frame functional groups) both work;
-pixel data goes through the 2D reader's decoders, so every transfer syntax it reads works here.
+``read_series`` parses every file once with the defensive parser (Pixel Data left in the file:
+pydicom's deferred read), groups instances by Series Instance UID, drops localizers (ImageType
+LOCALIZER) by default, picks one series (``series_uid`` or a ``SeriesFilter``), checks and sorts
+its slices (``series_geometry``), then decodes one instance at a time into a preallocated float32
+array with each slice's own Modality LUT (Rescale Slope / Intercept, or the frame's Pixel Value
+Transformation group). Classic single-frame series and enhanced multi-frame CT / MR (per-frame
+functional groups) both work; pixel data goes through the 2D reader's decoders, so every transfer
+syntax it reads works here (small or deflated pixel data is dropped after the header pass and
+read again when decoded).
 """
 
 from __future__ import annotations
@@ -32,15 +34,21 @@ if TYPE_CHECKING:  # pragma: no cover
     from pydicom.dataset import Dataset
 
 _SUFFIXES = (".dcm", ".dicom", ".ima", "")
+PIXEL_DEFER = 4096
+"""Pixel Data larger than this is left in the file by the header pass and read when its slice is
+decoded (pydicom's deferred read): one parse per file, one slice's bytes in memory at a time."""
+_PIXEL_TAG = 0x7FE00010
 
 
 @dataclass(frozen=True, eq=False)
 class Instance:
-    """One DICOM file of a series: its path, its name in messages, its header (no pixels)."""
+    """One DICOM file of a series: its path, its name (relative to the folder read), its header
+    (pixel data not in memory: deferred in the file, or dropped and read again to decode)."""
 
     path: Path
     name: str
     header: "Dataset"
+    pixels_deferred: bool = False
 
     @property
     def short(self) -> str:
@@ -104,7 +112,7 @@ def read_headers(files: Sequence[Path], root: Path | None) -> tuple[list[Instanc
         name = path.relative_to(root).as_posix() if root is not None else path.name
         try:
             with reading():
-                ds = read_dataset(path, stop_before_pixels=True)
+                ds = read_dataset(path, defer_size=PIXEL_DEFER)
         except EdgemedError as exc:
             if root is not None and exc.code in ("not-dicom", "empty-file"):
                 skipped.append({"file": name, "code": exc.code})
@@ -117,12 +125,21 @@ def read_headers(files: Sequence[Path], root: Path | None) -> tuple[list[Instanc
             raise InvalidInputError(f"file {path.name}: not an image", code="no-pixel-data",
                                     expected="an image object (Rows, Columns, Pixel Data)",
                                     found="no Rows/Columns", fix="pass the image files of the series")
-        instances.append(Instance(path, name, ds))
+        deferred = _pixels_deferred(ds)
+        if not deferred and "PixelData" in ds:
+            del ds.PixelData  # small or deflated: read again when decoded
+        instances.append(Instance(path, name, ds, deferred))
     if not instances:
         raise InvalidInputError("no DICOM images to make a volume of", code="empty",
                                 expected="DICOM image files", found=f"{len(skipped)} files skipped "
                                 f"({listing([Path(s['file']).name for s in skipped])})")
     return instances, skipped
+
+
+def _pixels_deferred(ds: "Dataset") -> bool:
+    """Whether the Pixel Data element was parsed but its value left in the file."""
+    raw = ds._dict.get(_PIXEL_TAG)
+    return type(raw).__name__ == "RawDataElement" and raw.value is None and bool(raw.length)
 
 
 def drop_localizer_instances(instances: list[Instance]) -> tuple[list[Instance], list[dict[str, str]]]:
@@ -232,7 +249,7 @@ def decode_volume(plan: SeriesPlan, instances: Sequence[Instance], uid: str) -> 
         k = ks[0]
         try:
             with reading():
-                ds = read_dataset(inst.path)
+                ds = inst.header if inst.pixels_deferred else read_dataset(inst.path)
                 geo = image_geometry(ds)
                 require_decoder(geo.transfer_syntax)
                 for k in ks:
@@ -243,7 +260,9 @@ def decode_volume(plan: SeriesPlan, instances: Sequence[Instance], uid: str) -> 
                     out[k] = attrs.modality_lut(ds, frame or 0)(arr)
         except EdgemedError as exc:
             raise _with_context(exc, f"{series_tag(uid)}, slice {k} ({plan.slices[k].name})") from None
-        del ds
+        finally:
+            if _PIXEL_TAG in inst.header:
+                del inst.header[_PIXEL_TAG]  # the headers a Volume keeps hold no pixel data
     return out
 
 
