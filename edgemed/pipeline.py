@@ -35,7 +35,7 @@ from .bench.timing import interleaved_latency
 from .calibration import sample_calibration, to_arrays
 from .gate_probe import gate_backend, probe_candidate
 from .errors import GateError, InvalidInputError, MissingDependencyError, ProfileError
-from .evaluate import GateConfig, GateResult, check_labels, run_gate
+from .evaluate import GateConfig, GateResult, check_labels
 from .model import ModelSource, load_model
 from .passes.base import BuildContext, get_pass_class
 from .progress import plan_variants, reporter
@@ -215,14 +215,6 @@ def variant_unavailable(variant: Variant) -> str:
     return f"missing packages: {', '.join(missing)}" if missing else ""
 
 
-def _logits(art: Artifact, backend: str, options: dict[str, Any], x: np.ndarray, batch: int) -> np.ndarray:
-    if not art.io.dynamic_batch:
-        batch = art.io.input_shape[0]  # fixed-shape models (e.g. mobile) take exactly that batch
-    with open_artifact(art, backend=backend, options=options) as sess:
-        return np.concatenate([sess.run({art.io.input_name: x[i:i + batch]})[art.io.output_names[0]]
-                               for i in range(0, len(x), batch)])
-
-
 def _model_io(model: Any, weights: Any, example_input: Any, input_shape: Any, labels: Any,
               task: TaskSpec | str | None) -> tuple[ModelSource, IOSpec, int, TaskSpec]:
     """Load the model and check one forward pass: (source, IO spec, output channels, task)."""
@@ -289,14 +281,15 @@ def build(
     say = reporter(progress, quiet=quiet)  # edgemed/progress.py: None shows a display
     t_start = time.perf_counter()
     profile = load_target(target)
-    gate_cfg = gate or profile.gate
     src, io, n_classes, task_spec = _model_io(model, weights, example_input, input_shape, labels,
                                               task)
+    gate_cfg = _gate_config(gate, profile, task_spec)
     spec = preprocess or _default_spec(io)
     threads = opts.threads or int(profile.runtime.get("threads", 2))
     say("loading calibration data")
     calib = _calibration(calibration, io, spec, inference, profile)
-    io, val_x, val_y, gate_data = _gate_data(validation, calib, io, spec, n_classes, say)
+    io, evaluator, gate_data = _gate_data(validation, calib, io, spec, n_classes, say,
+                                          task=task_spec, gate_cfg=gate_cfg, batch=opts.eval_batch)
     match, match_why = host_matches(profile)
     ctx = BuildContext(
         calibration=calib.x if calib is not None else None,
@@ -311,18 +304,35 @@ def build(
         b = _Build(profile=profile, io=io, gate_cfg=gate_cfg, ctx=ctx, opts=opts,
                    runner=_Runner(_source(src, io, spec, calib, work).evolve(
                        task=task_spec, inference=inference), work, ctx),
-                   val_x=val_x, val_y=val_y, gate_data=gate_data, match=match,
+                   evaluator=evaluator, gate_data=gate_data, match=match,
                    match_why=match_why, t_start=t_start, stage=stage, out_dir=out_dir)
         return b.finish(*b.select())
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def _gate_config(gate: Any, profile: TargetProfile, task: TaskSpec) -> Any:
+    """The gate's rule: the given one, else the profile's (segmentation: ``SegGateConfig``)."""
+    if task.name == "segmentation":
+        from .segmentation.gate import SegGateConfig
+
+        if gate is not None and not isinstance(gate, SegGateConfig):
+            raise InvalidInputError("a segmentation model needs a segmentation gate",
+                                    expected="edgemed.segmentation.SegGateConfig",
+                                    found=type(gate).__name__, code="bad-option")
+        return gate or SegGateConfig()
+    return gate or profile.gate
+
+
 def _gate_data(validation: Any, calib: Any, io: IOSpec, spec: Any, n_classes: int,
-               say: Callable[[str], None]
-               ) -> tuple[IOSpec, np.ndarray | None, np.ndarray | None, str]:
-    """The gate's inputs and labels, and what they are; ``io`` gains the validation set's class
-    names when it has none."""
+               say: Callable[[str], None], *, task: TaskSpec, gate_cfg: Any, batch: int
+               ) -> tuple[IOSpec, Any, str]:
+    """(IO spec, the task's gate evaluator, what the gate data is); ``io`` gains the validation
+    set's class names when it has none."""
+    from .tasks import evaluator
+
+    if task.name == "segmentation":
+        return io, *_segmentation_data(validation, calib, io, task, gate_cfg, n_classes, say)
     if validation is not None:
         say("loading validation data")
         if _is_series_data(validation, spec):
@@ -334,11 +344,37 @@ def _gate_data(validation: Any, calib: Any, io: IOSpec, spec: Any, n_classes: in
         if val.y is not None and not io.labels and val.class_names:
             io = IOSpec(**{**io.__dict__, "labels": tuple(val.class_names)})
         check_labels(val.y, n_classes)
-        return io, val.x, val.y, "validation set" + (
-            "" if val.y is not None else " (unlabelled: agreement only)")
+        return io, evaluator(task.name, x=val.x, y=val.y, cfg=gate_cfg, batch=batch), \
+            "validation set" + ("" if val.y is not None else " (unlabelled: agreement only)")
     if calib is not None:
-        return io, calib.x, None, "calibration inputs (no validation set given: agreement only)"
-    return io, None, None, ""
+        return io, evaluator(task.name, x=calib.x, y=None, cfg=gate_cfg, batch=batch), \
+            "calibration inputs (no validation set given: agreement only)"
+    return io, evaluator(task.name, x=None, y=None, cfg=gate_cfg, batch=batch), ""
+
+
+def _segmentation_data(validation: Any, calib: Any, io: IOSpec, task: TaskSpec, gate_cfg: Any,
+                       n_channels: int, say: Callable[[str], None]) -> tuple[Any, str]:
+    """The segmentation evaluator: validation series (with masks: Dice/HD95 against them;
+    without: agreement with FP32), else the calibration series (agreement)."""
+    from edgemed_runtime.sdk import label_names
+
+    from .tasks import evaluator
+    from .tasks.segmentation import load_cases
+
+    source = validation if validation is not None else calib.source if calib is not None else None
+    if source is None or not Path(str(source)).is_dir():
+        raise InvalidInputError("a segmentation build needs DICOM series to gate on",
+                                expected="validation= (or calibration=) a folder of series",
+                                found=type(source).__name__, code="empty",
+                                fix="pass validation=SERIES_FOLDER (labels.csv with a mask column "
+                                "for a Dice gate)")
+    say("loading validation series")
+    vols, truths = load_cases(source)
+    names = label_names(io.labels, task, n_channels)
+    what = ("validation series with masks" if truths is not None else
+            "series without masks (agreement with FP32 only)")
+    return evaluator("segmentation", volumes=vols, truths=truths, label_names=names, cfg=gate_cfg,
+                     inputs=calib.x if calib is not None else None), what
 
 
 def _source(src: ModelSource, io: IOSpec, spec: PreprocessSpec, calib: Any, work: Path) -> Artifact:
@@ -375,8 +411,7 @@ class _Build:
     ctx: BuildContext
     opts: BuildOptions
     runner: _Runner
-    val_x: np.ndarray | None
-    val_y: np.ndarray | None
+    evaluator: Any
     gate_data: str
     match: bool
     match_why: str
@@ -388,7 +423,16 @@ class _Build:
     results: dict[str, tuple[Artifact, GateResult | None]] = field(default_factory=dict)
     gated_with: dict[str, dict[str, str]] = field(default_factory=dict)
     reference: Artifact | None = None
-    ref_logits: np.ndarray | None = None
+    ref_logits: Any = None
+
+    @property
+    def val_x(self) -> np.ndarray | None:
+        """Model-ready inputs for the crash probe and the timing."""
+        return self.evaluator.inputs
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.evaluator.labelled)
 
     @property
     def base_name(self) -> str | None:
@@ -453,9 +497,8 @@ class _Build:
                                          backend_options=dict(profile.runtime))
             if self.val_x is not None:
                 self.ctx.progress("evaluating the FP32 reference")
-                self.ref_logits = _logits(self.reference, "onnxruntime",
-                                          {"threads": self.ctx.threads}, self.val_x,
-                                          self.opts.eval_batch)
+                self.ref_logits = self.evaluator.outputs(self.reference, "onnxruntime",
+                                                         {"threads": self.ctx.threads})
         verdict = None
         if self.ref_logits is not None and self.val_x is not None:
             verdict = self._verdict(name, v, art, qdq, self.val_x)
@@ -466,23 +509,22 @@ class _Build:
         """Probe ``art`` for crashes, then run the accuracy gate on this host's kernels, or on
         the Q/DQ graph simulated in float when the host does not stand in for the target."""
         self.ctx.progress(f"{name}: accuracy gate")
-        threads, batch = self.ctx.threads, self.opts.eval_batch
+        threads = self.ctx.threads
         gate_be, gate_why = gate_backend(v)
         gate_opts = {**art.backend_options, "threads": threads}
-        verdict = probe_candidate(art, gate_be, gate_opts, val_x[:1], self.val_y is not None)
+        verdict = probe_candidate(art, gate_be, gate_opts, val_x[:1], self.labelled)
         if verdict is None:
             if not self.match and qdq is not None:
                 # the host's integer kernels are not the device's: Q/DQ simulated in float
                 evaluator = SIMULATED
-                cand = _logits(qdq, "onnxruntime", {"threads": threads,
-                                                    "graph_optimization": "disable"},
-                               val_x, batch)
+                cand = self.evaluator.outputs(qdq, "onnxruntime", {
+                    "threads": threads, "graph_optimization": "disable"})
             else:
                 evaluator = (f"{gate_be} on this host's kernels "
                              f"({', '.join(self.isa['host_flags']) or 'no ISA flags'})")
-                cand = _logits(art, gate_be, gate_opts, val_x, batch)
-            verdict = dataclasses.replace(run_gate(self.ref_logits, cand, self.val_y,
-                                                   self.gate_cfg), evaluator=evaluator)
+                cand = self.evaluator.outputs(art, gate_be, gate_opts)
+            verdict = dataclasses.replace(self.evaluator.verdict(self.ref_logits, cand),
+                                          evaluator=evaluator)
         self.gated_with[name] = {"backend": gate_be, "why": gate_why,
                                  "evaluator": verdict.evaluator or "crash probe"}
         return verdict
@@ -491,7 +533,7 @@ class _Build:
         """The selection provenance before the choice: what was gated, skipped, excluded."""
         warnings = []
         first = next((g for _, g in self.results.values() if g is not None and g.labelled), None)
-        if first is not None and first.reference.get("auc", 1.0) < 0.5:
+        if first is not None and (first.reference or {}).get("auc", 1.0) < 0.5:
             warnings.append(
                 f"the FP32 reference scores AUC {first.reference['auc']:.3f} (< 0.5) on the "
                 f"validation set: the class order {list(self.io.labels)} may not match the "
@@ -503,7 +545,7 @@ class _Build:
             "class_order": list(self.io.labels), "warnings": warnings,
             "candidates": {n: (g.to_dict() if g else None) for n, (_, g) in self.results.items()},
             "skipped": self.skipped, "isa": self.isa, "gated_with": self.gated_with,
-            "gate_rule": self.gate_cfg.describe(self.val_y is not None),
+            "gate_rule": self.gate_cfg.describe(self.labelled),
         }
 
     def failed(self, selection: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -535,7 +577,7 @@ class _Build:
             raise GateError(
                 f"no {'compressed ' if passing else ''}candidate for {profile.name} passed the "
                 "accuracy gate" + (" (require_compressed: no FP32 fallback)" if passing else ""),
-                expected=self.gate_cfg.describe(self.val_y is not None), found=self.reasons(),
+                expected=self.gate_cfg.describe(self.labelled), found=self.reasons(),
                 fix="try calibration='percentile' or 'entropy', keep sensitive layers in FP32, "
                 "or relax the gate deliberately", report=report,
             )

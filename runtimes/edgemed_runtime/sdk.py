@@ -71,6 +71,7 @@ from .dicom.series_filter import ORIENTATIONS, SeriesFilter, image_type_of, orie
 from .exit_codes import EXIT_CODES, ExitCode
 from .iospec import parse_shape
 from .tasks import softmax
+from .tasks.segmentation import names_of as label_names
 from .volume.run import result_row, series_folders
 from .util import atomic_write_bytes, sha256_file
 
@@ -87,7 +88,7 @@ __all__ = [
     "load_input", "load_private_key", "load_public_key", "new_data_key", "open_bundle",
     "pack_archive", "pack_ir", "pack_recipe", "pack_weights", "pae", "parse_manifest",
     "parse_shape", "probe", "publisher_hint", "quiet", "read_bundle", "read_dataset",
-    "read_image", "requirements_for", "requirements_of", "runtime_version", "sha256_file", "result_row", "series_folders", "softmax", "spki_pem",
+    "read_image", "requirements_for", "requirements_of", "runtime_version", "sha256_file", "label_names", "result_row", "series_folders", "softmax", "spki_pem",
     "unverified_signed_files", "unwrap_data_key", "verify_bundle", "wanted_providers",
     "wrap_data_key", "wrapped_key_entry",
 ]
