@@ -308,6 +308,19 @@ def test_series_filter_accepts_series(tmp_path: Path) -> None:
     assert err.value.code == "bad-filter"
 
 
+def test_dataset_builder_uses_the_same_filter(tmp_path: Path) -> None:
+    from edgemed.dicom import SeriesFilter as SdkFilter
+    from edgemed.dicom import index_folder
+
+    assert SdkFilter is SeriesFilter
+    info = _series(tmp_path / "s", shape=(3, 16, 16), localizer=True)
+    records, skipped = index_folder(tmp_path / "s")
+    assert not skipped and len(records) == 4
+    kept = [r.path for r in records if SeriesFilter(image_type=("ORIGINAL", "AXIAL")).accepts(r)]
+    assert kept == [f.name for f in info.files]
+    assert [r.path for r in records if SeriesFilter(image_type=("LOCALIZER",)).accepts(r)] == ["IM0000.dcm"]
+
+
 # --- bad input (issue 15) --------------------------------------------------------------------
 
 def test_missing_slice(tmp_path: Path) -> None:
