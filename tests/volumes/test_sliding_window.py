@@ -120,7 +120,7 @@ def test_importance_map_is_monais_within_one_ulp(roi: tuple[int, ...], sigma: fl
 
 def test_window_plan_is_monais_on_random_shapes() -> None:
     rng = np.random.default_rng(0)
-    for _ in range(120):
+    for _ in range(80):
         nd = int(rng.integers(2, 4))
         image = tuple(int(v) for v in rng.integers(1, 60, nd))
         roi = tuple(int(v) for v in rng.integers(1 if nd == 2 else 4, 40, nd))
@@ -138,7 +138,7 @@ def test_window_plan_is_monais_on_random_shapes() -> None:
 # -- parity on a MONAI 3D UNet: torch under MONAI vs ONNX in onnxruntime under edgemed ----------
 
 @pytest.mark.parametrize("blend, overlap", [("gaussian", 0.5), ("constant", 0.25),
-                                            ("gaussian", 0.25), ("constant", 0.5)])
+                                            ("gaussian", 0.25)])
 def test_unet3d_parity_with_monai(unet3d, blend: str, overlap: float) -> None:
     net, predictor = unet3d
     x = _volume(72, 40, 44)
