@@ -265,6 +265,8 @@ def test_bad_input_raises_typed_errors():
         (lambda: spec.apply(volume.evolve(array=np.full((6, 8, 10), np.nan, np.float32))), "bad-volume"),
         (lambda: spec.apply_labels(np.zeros((6, 8, 10), np.float32), affine=volume.affine), "bad-labels"),
         (lambda: spec.apply_labels(np.zeros((6, 8, 10), np.int8)), "bad-labels"),
+        (lambda: spec.apply_labels(np.zeros((6, 8, 10), np.int8), affine=np.zeros((4, 4))), "bad-volume"),
+        (lambda: spec.plan((6, 8), volume.affine), "bad-volume"),
         (lambda: spec.invert(np.zeros((1, 3, 3, 3)), place), "bad-placement"),
         (lambda: spec.invert(np.zeros((1, *place.shape)), place, mode="cubic"), "bad-placement"),
         (lambda: Placement.from_dict(dict(place.to_dict(), version=2)), "bad-placement"),

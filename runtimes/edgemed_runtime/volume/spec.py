@@ -44,6 +44,31 @@ def _floats(value: Any, n: int, name: str) -> tuple[float, ...]:
     return out
 
 
+def _shape3(values: Any) -> tuple[int, int, int]:
+    a, b, c = (int(v) for v in values)
+    return a, b, c
+
+
+def _flags(values: Any) -> tuple[bool, bool, bool]:
+    a, b, c = (bool(v) for v in values)
+    return a, b, c
+
+
+def _grid(shape: Any, affine: Any) -> tuple[tuple[int, int, int], np.ndarray]:
+    """A source grid checked: three positive sizes and a finite invertible 4x4 affine."""
+    try:
+        src = _shape3(shape)
+        aff = np.array(affine, dtype=np.float64)
+    except (TypeError, ValueError):
+        src, aff = (0, 0, 0), np.zeros(0)
+    if min(src) < 1 or aff.shape != (4, 4) or not np.isfinite(aff).all() \
+            or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
+        raise InvalidInputError("not a 3D grid", expected="three positive sizes and an invertible "
+                                "4x4 voxel-to-LPS affine", found=f"shape {np.shape(shape)}, affine "
+                                f"{aff.shape}", code="bad-volume")
+    return src, aff
+
+
 @dataclass(frozen=True)
 class VolumeSpec:
     """How a ``Volume`` (z, y, x, modality units, LPS affine) becomes model input (C, *spatial).
@@ -146,35 +171,39 @@ class VolumeSpec:
         return cls(**kw)
 
     # -- geometry ------------------------------------------------------------------------
-    def plan(self, shape: tuple[int, int, int], affine: np.ndarray) -> Placement:
-        """The model grid of a source grid (``shape`` (z, y, x), ``affine`` voxel -> LPS)."""
-        shape = tuple(int(v) for v in shape)  # type: ignore[assignment]
-        ras = LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)
+    def plan(self, shape: tuple[int, ...], affine: np.ndarray) -> Placement:
+        """The model grid of a source grid (``shape`` (z, y, x), ``affine`` voxel -> LPS).
+
+        Raises:
+            InvalidInputError (``bad-volume``): not three positive sizes, or not an invertible
+                4x4 affine.
+        """
+        src, aff = _grid(shape, affine)
+        ras = LPS_TO_RAS @ aff
         if self.axcodes is not None:
             ornt = ornt_transform(io_orientation(ras), axcodes_ornt(self.axcodes))
         else:
             ornt = np.array([[0, 1], [1, 1], [2, 1]])
         transpose = transpose_of(ornt)
-        oriented_shape = tuple(shape[t] for t in transpose)
-        oriented = ras @ ornt_affine(ornt, shape)
+        oriented_shape = _shape3(src[t] for t in transpose)
+        oriented = ras @ ornt_affine(ornt, src)
         grid, resampled_shape, sample = oriented, oriented_shape, np.eye(4)
         if self.spacing is not None:
-            grid, resampled_shape = spacing_grid(oriented, oriented_shape, self.spacing)  # type: ignore[arg-type]
+            grid, resampled_shape = spacing_grid(oriented, oriented_shape, self.spacing)
             sample = np.linalg.solve(oriented, grid)
             if is_identity(sample, oriented_shape, resampled_shape):  # MONAI skips it too
                 grid, sample = oriented, np.eye(4)
-        offset, out_shape = [0, 0, 0], list(resampled_shape)
+        offset, out_shape = (0, 0, 0), resampled_shape
         if self.size is not None:
-            for a, (r, s) in enumerate(zip(resampled_shape, self.size)):
-                offset[a] = r // 2 - s // 2 if s <= r else -((s - r) // 2)
-            out_shape = list(self.size)
+            offset = _shape3(r // 2 - s // 2 if s <= r else -((s - r) // 2)
+                             for r, s in zip(resampled_shape, self.size))
+            out_shape = self.size
         shift = np.eye(4)
         shift[:3, 3] = offset
-        return Placement(source_shape=shape, source_affine=np.asarray(affine, dtype=np.float64),  # type: ignore[arg-type]
-                         flips=tuple(bool(f < 0) for f in ornt[:, 1]), transpose=transpose,  # type: ignore[arg-type]
-                         oriented_shape=oriented_shape, sample=sample,  # type: ignore[arg-type]
-                         resampled_shape=resampled_shape, offset=tuple(offset),  # type: ignore[arg-type]
-                         shape=tuple(out_shape), affine=LPS_TO_RAS @ grid @ shift)  # type: ignore[arg-type]
+        return Placement(source_shape=src, source_affine=aff, flips=_flags(f < 0 for f in ornt[:, 1]),
+                         transpose=_shape3(transpose), oriented_shape=oriented_shape, sample=sample,
+                         resampled_shape=resampled_shape, offset=offset, shape=out_shape,
+                         affine=LPS_TO_RAS @ grid @ shift)
 
     @property
     def fill(self) -> float:
@@ -274,7 +303,7 @@ class VolumeSpec:
         inverse = np.linalg.inv(placement.sample)
         resampled = placement.resampled_shape != placement.oriented_shape or not np.array_equal(placement.sample, np.eye(4))
         for c in range(chans.shape[0]):  # one channel at a time: a few copies of one channel at most
-            x = take_window(chans[c], tuple(-o for o in placement.offset), placement.resampled_shape, 0)  # type: ignore[arg-type]
+            x = take_window(chans[c], _shape3(-o for o in placement.offset), placement.resampled_shape, 0)
             if resampled:
                 x = resample(x, inverse, placement.oriented_shape, mode=mode)
             result[c] = unorient(x, placement.flips, placement.transpose)
