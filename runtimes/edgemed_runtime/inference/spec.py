@@ -49,6 +49,9 @@ def check_roi(roi_size: Any, mode: str = "sliding_window") -> tuple[int, ...]:
     roi = tuple(int(s) for s in roi_size)
     if mode == "whole" and not roi:
         return roi
+    if not roi:
+        raise _bad("sliding_window needs a roi_size", expected="e.g. [96, 96, 96]", found=roi,
+                   code="bad-roi", fix='give the window size, or mode "whole"')
     if len(roi) not in SPATIAL_RANKS:
         raise _bad("roi_size has the wrong number of spatial dimensions",
                    expected="2 (2D) or 3 (3D) sizes", found=roi, code="bad-roi")
@@ -120,9 +123,6 @@ class InferenceSpec:
         if self.version != SPEC_VERSION:
             raise _bad("unsupported InferenceSpec version", expected=str(SPEC_VERSION),
                        found=self.version)
-        if self.mode == "sliding_window" and not self.roi_size:
-            raise _bad("sliding_window needs a roi_size", expected="e.g. [96, 96, 96]",
-                       found=self.roi_size, code="bad-roi")
         object.__setattr__(self, "overlap", float(self.overlap))
         object.__setattr__(self, "sigma_scale", float(self.sigma_scale))
         object.__setattr__(self, "cval", float(self.cval))
