@@ -332,7 +332,8 @@ def _gate_data(validation: Any, calib: Any, io: IOSpec, spec: Any, n_classes: in
     from .tasks import evaluator
 
     if task.name == "segmentation":
-        return io, *_segmentation_data(validation, calib, io, task, gate_cfg, n_classes, say)
+        return io, *_segmentation_data(validation, calib, io, task, gate_cfg=gate_cfg,
+                                       n_channels=n_classes, say=say)
     if validation is not None:
         say("loading validation data")
         if _is_series_data(validation, spec):
@@ -352,7 +353,7 @@ def _gate_data(validation: Any, calib: Any, io: IOSpec, spec: Any, n_classes: in
     return io, evaluator(task.name, x=None, y=None, cfg=gate_cfg, batch=batch), ""
 
 
-def _segmentation_data(validation: Any, calib: Any, io: IOSpec, task: TaskSpec, gate_cfg: Any,
+def _segmentation_data(validation: Any, calib: Any, io: IOSpec, task: TaskSpec, *, gate_cfg: Any,
                        n_channels: int, say: Callable[[str], None]) -> tuple[Any, str]:
     """The segmentation evaluator: validation series (with masks: Dice/HD95 against them;
     without: agreement with FP32), else the calibration series (agreement)."""

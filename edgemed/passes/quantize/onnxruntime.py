@@ -108,7 +108,10 @@ class QuantizeOnnxRuntime(Pass[QuantizeConfig]):
                 warnings.simplefilter("ignore")
                 model_in = src
                 if cfg.pre_process:
-                    quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+                    # symbolic shape inference cannot resolve dynamic spatial dims (fully
+                    # convolutional models); ONNX shape inference still runs
+                    quant_pre_process(str(src), str(pre),
+                                      skip_symbolic_shape=bool(artifact.io.dynamic_spatial))
                     model_in = pre
                 bn_converted = 0
                 if cfg.batchnorm != "keep":
