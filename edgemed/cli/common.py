@@ -50,12 +50,13 @@ def _flags_show_no_type() -> None:
 
 _flags_show_no_type()
 
-_KWARG = re.compile(r"\b([a-z][a-z0-9]*(?:_[a-z0-9]+)+|[a-z]+(?==<))=(<[^>]*>)?")
+_KWARG = re.compile(r"(?<![\w-])([a-z][a-z0-9_]*)=(<[^>]*>|(?=[\s,;)]|$))")
 
 
 def cli_words(text: str) -> str:
     """Python keyword syntax in a message as CLI options: ``device_key=<device private key>``
-    -> ``--device-key <device private key>``, ``pass hardware_id=`` -> ``pass --hardware-id``."""
+    -> ``--device-key <device private key>``, ``pass hardware_id=`` -> ``pass --hardware-id``;
+    a keyword with a value (``spatial_dims=2`` in a model spec) is left as it is."""
     return _KWARG.sub(lambda m: "--" + m[1].replace("_", "-") + (f" {m[2]}" if m[2] else ""),
                       text)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .common import cli_words, console, handle_errors, print_json, progress_callback
@@ -17,7 +18,8 @@ def render_release(r: object) -> None:
 
     for col in ("target", "status", "chosen", "acc FP32/chosen", "gate: n, diff [CI]", "size",
                 "p50 ms", "device check", "device installs"):
-        t.add_column(col, overflow="fold")
+        # names are never cut or broken (piped output is wide, common.WIDE); figures may wrap
+        t.add_column(col, no_wrap=col in ("target", "status", "chosen", "device installs"), overflow="fold")
     for o in r.targets:  # type: ignore[attr-defined]
         g = o.gate or {}
         acc = (f"{g['reference']['accuracy']:.3f}/{g['candidate']['accuracy']:.3f}"
@@ -26,9 +28,11 @@ def render_release(r: object) -> None:
             f"{c['p50_ms']:.2f}" for c in (o.latency or {}).get("candidates", {}).values()
             if c.get("p50_ms") is not None) or "–"
         colour = {"released": "green", "fallback-fp32": "yellow"}.get(o.status, "red")
-        t.add_row(o.target, f"[{colour}]{o.status}[/]", o.chosen or "–", acc, gate_summary(g),
+        t.add_row(escape(o.target), f"[{colour}]{o.status}[/]", escape(o.chosen or "–"), acc,
+                  gate_summary(g),
                   f"{o.size_bytes / 1e6:.2f} MB" if o.size_bytes else "–", lat,
-                  "ok" if (o.device_check or {}).get("ok") else "–", o.device_install or "–")
+                  "ok" if (o.device_check or {}).get("ok") else "–",
+                  escape(o.device_install or "–"))
     console.print(t)
     if r.interrupted:  # type: ignore[attr-defined]
         i = r.interrupted  # type: ignore[attr-defined]
@@ -41,9 +45,9 @@ def render_release(r: object) -> None:
         for w in (o.gate or {}).get("warnings") or ():
             console.print(f"[yellow]{o.target}: warning:[/] {w}")
         if o.error:
-            console.print(f"[red]{o.target}:[/] "
-                          + cli_words(f"{o.error.get('message')}: {o.error.get('found')}")
-                          + (f" (fix: {cli_words(o.error['fix'])})" if o.error.get("fix") else ""))
+            fix = f" (fix: {o.error['fix']})" if o.error.get("fix") else ""
+            console.print(f"[red]{escape(o.target)}:[/] " + escape(cli_words(
+                f"{o.error.get('message')}: {o.error.get('found')}{fix}")))
     console.print(f"report: {r.report}")  # type: ignore[attr-defined]
 
 
