@@ -161,6 +161,5 @@ def test_destination_down_then_dead_letter_then_redelivered(tmp_path: Path, mode
     try:
         assert n2.redeliver_dead_letters() == (1, 0)
     finally:
-        n2.spool.close()
-        n2.model.close()
+        n2.stop(drain=False)  # never started: closes its files, sessions and associations
     assert len(orthanc.find_sr()) == 1 and not list((tmp_path / "dead").glob("r-*.enc"))

@@ -1,6 +1,7 @@
 """Results to the destination: C-STORE (pynetdicom SCU) with retries and exponential backoff.
 
-``deliver(config, data)`` sends one DICOM Part 10 instance; ``with_retries`` calls it up to
+``Courier.send(data)`` sends one DICOM Part 10 instance (over a kept-open association per
+thread); ``with_retries`` calls it up to
 ``retries + 1`` times (sleeping ``backoff_s * 2**attempt`` between) and reports the outcome;
 the caller moves what still failed to the dead-letter folder.
 """
@@ -11,7 +12,7 @@ import io
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from ._deps import pynetdicom
 from .config import DestinationConfig
@@ -26,26 +27,83 @@ class Outcome:
     last_error: str = ""
 
 
-def deliver(dest: DestinationConfig, data: bytes, calling_ae: str) -> str:
-    """C-STORE one instance to ``dest``; '' on success, else a short reason (no PHI)."""
-    pn = pynetdicom()
-    from pydicom import dcmread
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+OK_STATUSES = (0x0000, 0xB000, 0xB006, 0xB007)
 
-    ds = dcmread(io.BytesIO(data))
-    ae = pn.AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = dest.timeout_s
-    ae.add_requested_context(str(ds.SOPClassUID), [str(ds.file_meta.TransferSyntaxUID)])
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
-    if not assoc.is_established:
-        return "association rejected or destination unreachable"
-    try:
-        status = assoc.send_c_store(ds)
-    finally:
-        assoc.release()
-    code = int(getattr(status, "Status", -1)) if status else -1
-    if code in (0x0000, 0xB000, 0xB007, 0xB006):
-        return ""
-    return f"C-STORE status 0x{code & 0xFFFF:04X}" if code >= 0 else "no C-STORE response"
+
+class Courier:
+    """C-STORE to the destination over one association per thread, kept open and reused across
+    results (re-opened when the peer closed it or lacks the result's presentation context).
+
+    Args:
+        dest: the [destination] table.
+        calling_ae: the node's AE title.
+    """
+
+    def __init__(self, dest: DestinationConfig, calling_ae: str) -> None:
+        self.dest, self.calling_ae = dest, calling_ae
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[Any] = []
+
+    def _association(self, sop: str, ts: str) -> Any:
+        a = getattr(self._local, "assoc", None)
+        if a is not None and a.is_established and any(
+                c.abstract_syntax == sop and c.transfer_syntax[0] == ts
+                for c in a.accepted_contexts):
+            return a
+        self._drop(a)
+        pn = pynetdicom()
+        ae = pn.AE(ae_title=self.calling_ae)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.dest.timeout_s
+        for ctx in {(COMPREHENSIVE_SR, EXPLICIT_LE), (SEGMENTATION, EXPLICIT_LE), (sop, ts)}:
+            ae.add_requested_context(*ctx)
+        a = ae.associate(self.dest.host, self.dest.port, ae_title=self.dest.ae_title)
+        if not a.is_established:
+            return None
+        self._local.assoc = a
+        with self._lock:
+            self._open.append(a)
+        return a
+
+    def _drop(self, a: Any) -> None:
+        self._local.assoc = None
+        if a is None:
+            return
+        with self._lock:
+            if a in self._open:
+                self._open.remove(a)
+        if a.is_established:
+            a.release()
+
+    def send(self, data: bytes) -> str:
+        """C-STORE one Part 10 instance; '' on success, else a short reason (no PHI)."""
+        from pydicom import dcmread
+
+        ds = dcmread(io.BytesIO(data))
+        a = self._association(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
+        if a is None:
+            return "association rejected or destination unreachable"
+        try:
+            status = a.send_c_store(ds)
+        except (RuntimeError, ValueError, OSError) as exc:
+            self._drop(a)
+            return f"association failed: {type(exc).__name__}"
+        code = int(getattr(status, "Status", -1)) if status else -1
+        if code in OK_STATUSES:
+            return ""
+        self._drop(a)  # a broken or refusing association is not reused
+        return f"C-STORE status 0x{code & 0xFFFF:04X}" if code >= 0 else "no C-STORE response"
+
+    def close(self) -> None:
+        """Release every open association."""
+        with self._lock:
+            open_, self._open = self._open, []
+        for a in open_:
+            if a.is_established:
+                a.release()
 
 
 def with_retries(send: Callable[[], str], *, retries: int, backoff_s: float,

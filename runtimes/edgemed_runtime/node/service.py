@@ -24,7 +24,7 @@ from typing import Any
 
 from .audit import AuditLog
 from .config import NodeConfig, load_config
-from .deliver import deliver, with_retries
+from .deliver import Courier, with_retries
 from .metrics import Metrics, serve_metrics
 from .model import ModelHolder
 from .process import clean_scratch, process_series
@@ -66,6 +66,7 @@ class Node:
         self._ready: list[str] = []
         self.intake = Intake(self.spool, self.audit, self.metrics, config.group_timeout_s,
                              self._ready.append)
+        self.courier = Courier(config.destination, config.scp.ae_title)
         self.device_uid = generate_uid(entropy_srcs=[config.scp.ae_title, "edgemed-node"])
         self._stop = threading.Event()
         self._halt = threading.Event()
@@ -133,6 +134,7 @@ class Node:
             self.metrics_server.shutdown()
         for t in self._threads:
             t.join(timeout=5)
+        self.courier.close()
         self.audit.write("stopped", pending=self.queue.qsize() + len(self._ready))
         self.model.close()
         self.spool.close()
@@ -288,8 +290,10 @@ class Node:
     def _deliver(self, sid: str, bundle_id: str, blob: str, token: int) -> None:
         dest = self.cfg.destination
         data = self.spool.get(blob)
-        res = with_retries(lambda: deliver(dest, data, self.cfg.scp.ae_title),
+        t0 = time.monotonic()
+        res = with_retries(lambda: self.courier.send(data),
                            retries=dest.retries, backoff_s=dest.backoff_s, stop=self._halt)
+        ms = round((time.monotonic() - t0) * 1000, 1)
         if not self._current(sid, token):
             return
         blobs, last_wall = self.intake.snapshot(sid)
@@ -297,7 +301,8 @@ class Node:
             self.spool.log("delivered", s=sid, b=bundle_id)
             self.metrics.inc("delivered")
             self.metrics.latency(time.time() - last_wall)
-            self.audit.write("delivered", series=sid, bundle_id=bundle_id, attempts=res.attempts)
+            self.audit.write("delivered", series=sid, bundle_id=bundle_id, attempts=res.attempts,
+                             ms=ms)
             self.spool.delete(blob)
         elif self._halt.is_set():
             return  # stopping: stays 'inferred', delivered at the next start
@@ -326,7 +331,7 @@ class Node:
             name = self.spool.move_in(p)
             sid, bundle_id = name[2:].split("-", 1)
             data = self.spool.get(name)
-            res = with_retries(lambda: deliver(dest, data, self.cfg.scp.ae_title),
+            res = with_retries(lambda: self.courier.send(data),
                                retries=dest.retries, backoff_s=dest.backoff_s, stop=self._halt)
             if res.ok:
                 self.spool.log("delivered", s=sid, b=bundle_id)

@@ -125,11 +125,45 @@ def classification_sr(
         if str(evidence[0].get("Modality", "")) == "CT" else codes.DCM.ImagingProcedure,
         imaging_measurements=groups or None,
         title=codes.DCM.ImagingMeasurementReport)
-    return hd.sr.ComprehensiveSR(
+    sr = hd.sr.ComprehensiveSR(
         evidence=list(evidence), content=report[0], series_instance_uid=series_uid,
         series_number=9901, sop_instance_uid=sop_uid, instance_number=1,
-        manufacturer=MANUFACTURER, is_complete=True, is_final=True,
+        manufacturer=MANUFACTURER, is_complete=True, is_final=True, record_evidence=False,
         series_description=f"edgemed {model.name} {model.version}"[:64])
+    sr.CurrentRequestedProcedureEvidenceSequence = _evidence(evidence)
+    return sr
+
+
+def _evidence(evidence: Sequence["Dataset"]) -> Any:
+    """The Current Requested Procedure Evidence Sequence of the source instances (what
+    highdicom's ``record_evidence`` finds by searching the content tree, built directly: every
+    source instance is referenced by a finding or listed as evidence)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    studies: dict[str, dict[str, list["Dataset"]]] = {}
+    for ds in evidence:
+        studies.setdefault(str(ds.StudyInstanceUID), {}).setdefault(
+            str(ds.SeriesInstanceUID), []).append(ds)
+    items = []
+    for study_uid, by_series in studies.items():
+        study = Dataset()
+        study.StudyInstanceUID = study_uid
+        series_items = []
+        for series_uid, instances in by_series.items():
+            se = Dataset()
+            se.SeriesInstanceUID = series_uid
+            refs = []
+            for ds in instances:
+                ref = Dataset()
+                ref.ReferencedSOPClassUID = ds.SOPClassUID
+                ref.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+                refs.append(ref)
+            se.ReferencedSOPSequence = DicomSequence(refs)
+            series_items.append(se)
+        study.ReferencedSeriesSequence = DicomSequence(series_items)
+        items.append(study)
+    return DicomSequence(items)
 
 
 def sr_bytes(ds: "Dataset") -> bytes:
