@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .common import console, handle_errors, print_json, progress_callback
@@ -67,15 +68,16 @@ def register(app: typer.Typer) -> None:
 
             rt = Table(title=f"release: one bundle per target ({r.release['seconds']:.0f} s)")
             for col in ("target", "status", "chosen", "gate: n, diff [CI]", "latency", "size (MB)",
-                        "device check"):
-                rt.add_column(col)
+                        "device check", "device installs"):
+                rt.add_column(col, no_wrap=col in ("target", "chosen", "device installs"))
             for o in r.release["targets"]:
                 lat = o.get("latency")
                 rt.add_row(o["target"], o["status"], str(o["chosen"]), gate_summary(o.get("gate")),
                            "unmeasured (host is not the device)" if isinstance(lat, str)
                            and lat.startswith("unmeasured") else "measured" if lat else "–",
                            f"{(o['size_bytes'] or 0) / 1e6:.2f}",
-                           "ok" if (o.get("device_check") or {}).get("ok") else "–")
+                           "ok" if (o.get("device_check") or {}).get("ok") else "–",
+                           escape(o.get("device_install") or "–"))
             console.print(rt)
             for o in r.release["targets"]:
                 console.print(f"[bold]{o['target']}[/]: {o['status']}, chose {o['chosen']}: "
