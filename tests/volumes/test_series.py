@@ -398,3 +398,32 @@ def test_a_corrupt_file_is_named(tmp_path: Path) -> None:
 
 def test_bad_tolerance(tmp_path: Path) -> None:
     _refused("bad-option", None, tmp_path, spacing_tolerance=-1.0)
+
+
+def test_corrupted_headers_end_in_typed_errors(tmp_path: Path) -> None:
+    """Random byte flips in a series: every outcome is a volume or an EdgemedError, no other
+    exception, no warning (pydicom's quote values), no patient data in a message."""
+    from edgemed_runtime import EdgemedError
+
+    info = _series(tmp_path / "orig", shape=(4, 16, 16))
+    rng = random.Random(0)
+    codes = set()
+    for it in range(40):
+        work = tmp_path / f"w{it}"
+        shutil.copytree(tmp_path / "orig", work)
+        victim = work / rng.choice(info.files).name
+        data = bytearray(victim.read_bytes())
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(132, len(data) - 16 * 16 * 2)] = rng.randrange(256)
+        victim.write_bytes(bytes(data))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                read_series(work)
+                codes.add("ok")
+            except EdgemedError as exc:
+                codes.add(exc.code)
+                assert info.patient_name not in str(exc) and info.patient_id not in str(exc)
+        assert not caught, [str(w.message)[:80] for w in caught]
+        shutil.rmtree(work)
+    assert len(codes) >= 3  # the flips hit different guards

@@ -26,6 +26,15 @@ class FrameGeometry:
     spacing: tuple[float, float] | None
 
 
+def attribute(ds: Any, keyword: str) -> Any:
+    """``ds.get(keyword)``, or None when the element is absent or its value does not parse
+    (a corrupt header must end in a typed refusal, not in pydicom's exception)."""
+    try:
+        return ds.get(keyword)
+    except Exception:
+        return None
+
+
 def functional_group(ds: "Dataset", frame: int, name: str) -> "Dataset | None":
     """The first item of functional group ``name`` for ``frame``: per-frame, else shared."""
     for seq_name, index in (("PerFrameFunctionalGroupsSequence", frame),
@@ -73,7 +82,8 @@ def is_enhanced(ds: "Dataset") -> bool:
 
 
 def frame_geometries(ds: "Dataset") -> list[FrameGeometry]:
-    """One ``FrameGeometry`` per frame of ``ds`` (a header; pixel data not needed).
+    """One ``FrameGeometry`` per frame of ``ds`` (a header; pixel data not needed); a value that
+    does not parse counts as absent.
 
     A classic instance with several frames and no functional groups gets one entry per frame
     with its top-level position for each (``read_series`` then refuses the duplicates).
@@ -81,9 +91,9 @@ def frame_geometries(ds: "Dataset") -> list[FrameGeometry]:
     n = frame_count(ds)
     if not is_enhanced(ds):
         single = FrameGeometry(
-            frame=None if n == 1 else 0, orientation=_numbers(ds.get("ImageOrientationPatient"), 6),
-            position=_numbers(ds.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
-            spacing=_spacing(ds.get("PixelSpacing")))
+            frame=None if n == 1 else 0, orientation=_numbers(attribute(ds, "ImageOrientationPatient"), 6),
+            position=_numbers(attribute(ds, "ImagePositionPatient"), 3),  # type: ignore[arg-type]
+            spacing=_spacing(attribute(ds, "PixelSpacing")))
         return [single] if n == 1 else [FrameGeometry(i, single.orientation, single.position,
                                                       single.spacing) for i in range(n)]
     out = []
@@ -93,9 +103,9 @@ def frame_geometries(ds: "Dataset") -> list[FrameGeometry]:
         meas = functional_group(ds, i, "PixelMeasuresSequence")
         out.append(FrameGeometry(
             frame=i,
-            orientation=_numbers(ori.get("ImageOrientationPatient") if ori is not None
-                                 else ds.get("ImageOrientationPatient"), 6),
-            position=_numbers(pos.get("ImagePositionPatient") if pos is not None
+            orientation=_numbers(attribute(ori, "ImageOrientationPatient") if ori is not None
+                                 else attribute(ds, "ImageOrientationPatient"), 6),
+            position=_numbers(attribute(pos, "ImagePositionPatient") if pos is not None
                               else None, 3),  # type: ignore[arg-type]
-            spacing=_spacing(meas.get("PixelSpacing") if meas is not None else ds.get("PixelSpacing"))))
+            spacing=_spacing(attribute(meas, "PixelSpacing") if meas is not None else attribute(ds, "PixelSpacing"))))
     return out

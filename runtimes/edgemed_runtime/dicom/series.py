@@ -25,7 +25,8 @@ from ..volume.core import SliceRef, Volume
 from . import attributes as attrs
 from .decode import decode_frame, require_decoder
 from .guard import MAX_TOTAL_PIXELS, image_geometry, read_dataset
-from .multiframe import frame_geometries
+from .multiframe import frame_count, frame_geometries
+from .quiet import quiet
 from .reader import reading
 from .series_filter import SeriesFilter, image_type_of
 from .series_geometry import SeriesPlan, SliceSource, listing, plan_series, series_tag
@@ -167,7 +168,7 @@ def drop_localizer_series(groups: dict[str, list[Instance]]) -> list[dict[str, s
 
 
 def _describe(uid: str, members: Sequence[Instance]) -> str:
-    slices = sum(max(int(m.header.get("NumberOfFrames", 1) or 1), 1) for m in members)
+    slices = sum(frame_count(m.header) for m in members)
     return (f"{uid} ({members[0].text('Modality') or 'no modality'}, {slices} "
             f"slice{'' if slices == 1 else 's'})")
 
@@ -206,10 +207,18 @@ def choose_series(groups: dict[str, list[Instance]], series_uid: str | None,
 
 
 def slice_sources(instances: Sequence[Instance]) -> list[SliceSource]:
-    """One ``SliceSource`` per frame of every instance (file order)."""
+    """One ``SliceSource`` per frame of every instance (file order).
+
+    Raises:
+        InvalidInputError: ``corrupt`` (a header that cannot be read at all; file named).
+    """
     out = []
     for n, inst in enumerate(instances):
-        frames = frame_geometries(inst.header)
+        try:
+            frames = frame_geometries(inst.header)
+        except Exception as exc:  # a last net: the accessors above are already defensive
+            raise InvalidInputError(f"file {inst.short}: the header does not parse", code="corrupt",
+                                    expected="a well-formed DICOM header", found=type(exc).__name__) from None
         for g in frames:
             name = inst.short if g.frame is None or len(frames) == 1 else f"{inst.short} frame {g.frame + 1}"
             out.append(SliceSource(
@@ -298,6 +307,14 @@ def read_series(
     if not spacing_tolerance >= 0.0:  # NaN fails too
         raise InvalidInputError("spacing_tolerance is a fraction of the slice step", code="bad-option",
                                 expected="spacing_tolerance >= 0 (0.01 = 1%)", found=str(spacing_tolerance))
+    with quiet():  # pydicom's warnings quote DICOM values
+        return _read(source, series_uid, series_filter=series_filter, tolerance=spacing_tolerance,
+                     drop_localizers=drop_localizers)
+
+
+def _read(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], series_uid: str | None,
+          *, series_filter: SeriesFilter | None, tolerance: float, drop_localizers: bool) -> Volume:
+    """``read_series`` once its arguments are checked."""
     files, root = list_files(source)
     instances, skipped = read_headers(files, root)
     groups: dict[str, list[Instance]] = {}
@@ -312,7 +329,7 @@ def read_series(
             other = drop_localizer_series(groups)
     uid = choose_series(groups, series_uid, series_filter)
     members = groups[uid]
-    plan = plan_series(uid, slice_sources(members), spacing_tolerance)
+    plan = plan_series(uid, slice_sources(members), tolerance)
     array = decode_volume(plan, members, uid)
     order = list(dict.fromkeys(s.instance for s in plan.slices))
     first = members[0]

@@ -78,7 +78,10 @@ def image_type_of(ds: Any) -> tuple[str, ...]:
 def header_orientation(ds: Any) -> str:
     """``orientation_of`` a header's ImageOrientationPatient (or, for enhanced multi-frame
     objects, of its first Plane Orientation functional group)."""
-    iop = ds.get("ImageOrientationPatient")
+    try:
+        iop = ds.get("ImageOrientationPatient")
+    except Exception:
+        return "unknown"
     if iop is None:
         for name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
             try:
