@@ -299,7 +299,8 @@ def read_series(
         ``SliceRef`` per slice, one header (no pixel data) per instance in slice order, and
         ``info`` {slices, rows, columns, dropped, skipped, files}.
     Raises:
-        InvalidInputError: ``not-found``, ``empty``, ``several-series``, ``series-not-found``,
+        InvalidInputError: ``bad-option`` (tolerance), ``not-found``, ``empty``,
+            ``several-series``, ``series-not-found``, ``corrupt`` (a header that does not parse),
             ``series-single``, ``series-geometry``, ``series-orientation``, ``series-shape``,
             ``series-duplicate``, ``series-gap``, ``pixel-budget``, the parser's and decoder's
             codes (file named). MissingDependencyError: no decoder for the transfer syntax.
