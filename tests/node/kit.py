@@ -54,6 +54,8 @@ def ct_slice(study: str, series: str, index: int, *, seed: int, size: int = 16,
     ds.file_meta.MediaStorageSOPClassUID = CT
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[series, "frame-of-reference"])
+    ds.PositionReferenceIndicator = ""
     ds.Modality = modality
     ds.PatientName, ds.PatientID = patient, "EDGEMED-PID-1"
     ds.PatientBirthDate, ds.PatientSex = "19700101", "O"

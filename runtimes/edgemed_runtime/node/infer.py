@@ -4,13 +4,12 @@ volume) and what result it gives.
 - 2D classification bundles: ``Session.predict`` per instance; one finding per readable
   instance, an error code per unreadable one (a corrupt slice does not sink the series).
 - Volume bundles (the artifact's preprocess has ``kind == "volume"``): the series is read with
-  ``edgemed_runtime.dicom.read_series`` and predicted at once; a segmentation result becomes a
-  DICOM SEG with ``edgemed_runtime.outputs.seg.seg_bytes`` when that module is present.
+  ``read_series`` and predicted at once: class probabilities for the whole series, or a
+  ``SegmentationResult`` (the caller writes it as a DICOM SEG with ``outputs.seg.seg_bytes``).
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,13 +33,15 @@ class InstanceResult:
 @dataclass(frozen=True)
 class SeriesResult:
     """What a series gave: ``kind`` is ``"classification"`` (per-instance ``instances``) or
-    ``"segmentation"`` (``seg`` holds the DICOM SEG bytes); ``labels`` names the classes."""
+    ``"segmentation"`` (``segmentation``: the label volume, written as a DICOM SEG by the
+    caller); ``labels`` names the classes."""
 
     kind: str
     labels: tuple[str, ...]
     instances: tuple[InstanceResult, ...] = ()
-    seg: bytes | None = None
+    segmentation: Any = None  # a tasks.SegmentationResult on the series' grid
     errors: dict[str, int] = field(default_factory=dict)
+    whole_series: bool = False  # one result for the whole series (a volume classifier)
 
     @property
     def analysed(self) -> int:
@@ -75,41 +76,25 @@ def _per_instance(session: Session, files: Sequence[Path]) -> SeriesResult:
     return SeriesResult("classification", _labels(session, n), tuple(rows), errors=errors)
 
 
-def _optional(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        return None
-
-
 def _volume(session: Session, files: Sequence[Path]) -> SeriesResult:
-    dicom = importlib.import_module("edgemed_runtime.dicom")
-    read_series = getattr(dicom, "read_series", None)
-    if read_series is None:
-        raise InvalidInputError("this runtime cannot read volumes yet", code="unsupported-model",
-                                expected="edgemed_runtime.dicom.read_series",
-                                found="not in this runtime", fix="update edgemed-runtime")
-    volume = read_series([str(f) for f in files])
-    out = np.asarray(session.predict(volume))
-    if out.ndim <= 2:  # class probabilities for the whole volume
-        probs = out.reshape(-1)
-        return SeriesResult("classification", _labels(session, len(probs)),
-                            (InstanceResult(0, probabilities=tuple(float(v) for v in probs)),))
-    seg_mod = _optional("edgemed_runtime.outputs.seg")
-    if seg_mod is None or not hasattr(seg_mod, "seg_bytes"):
-        raise InvalidInputError("this runtime cannot write DICOM SEG yet", code="unsupported-model",
-                                expected="edgemed_runtime.outputs.seg.seg_bytes",
-                                found="not in this runtime", fix="update edgemed-runtime")
-    seg = seg_mod.seg_bytes(out, volume, labels=tuple(session.labels))
-    return SeriesResult("segmentation", tuple(session.labels), seg=seg)
+    from ..dicom.series import read_series
+    from ..tasks import SegmentationResult
+
+    volume = read_series(list(files))
+    out = session.predict(volume)
+    if isinstance(out, SegmentationResult):
+        return SeriesResult("segmentation", tuple(out.label_names), segmentation=out)
+    probs = np.asarray(out, dtype=np.float64).reshape(-1)
+    return SeriesResult("classification", _labels(session, len(probs)),
+                        (InstanceResult(0, probabilities=tuple(float(v) for v in probs)),),
+                        whole_series=True)
 
 
 def infer_series(session: Session, files: Sequence[Path]) -> SeriesResult:
     """Run the bundle on one series (its instance files, in the order received).
 
     Raises:
-        InvalidInputError: a volume bundle on a runtime without volume support, or a volume
-            that cannot be read (codes of ``read_series``).
+        InvalidInputError: a volume bundle on a series that ``read_series`` refuses (its codes).
     """
     if is_volume(session):
         return _volume(session, files)

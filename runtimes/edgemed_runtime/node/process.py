@@ -112,12 +112,23 @@ def _classification(result: SeriesResult, evidence: list["Dataset"], model: Load
         if r.probabilities is None:
             continue
         k = max(range(len(r.probabilities)), key=lambda j: r.probabilities[j])  # type: ignore[index]
-        findings.append(Finding(r.index, result.labels[k], r.probabilities[k]))
+        findings.append(Finding(r.index, result.labels[k], r.probabilities[k],
+                                whole_series=result.whole_series))
     series_uid, sop_uid = result_uids(str(evidence[0].SeriesInstanceUID), model.bundle_id)
     ds = classification_sr(evidence, findings, ModelInfo(model.name, model.version,
                                                          model.bundle_id),
                            series_uid=series_uid, sop_uid=sop_uid, device_uid=device_uid)
     return sr_bytes(ds)
+
+
+def _segmentation(result: SeriesResult, model: Loaded) -> bytes:
+    from ..outputs.seg import seg_bytes
+
+    seg = result.segmentation
+    series_uid, sop_uid = result_uids(str(seg.source.series_uid), model.bundle_id)
+    return seg_bytes(seg.labels, seg.source, label_names=tuple(seg.label_names),
+                     algorithm=(model.name, model.version or "0"), series_uid=series_uid,
+                     sop_uid=sop_uid, software_version=f"bundle {model.bundle_id}"[:64])
 
 
 def process_series(spool: Spool, blobs: Sequence[str], model: Loaded, *,
@@ -144,8 +155,9 @@ def process_series(spool: Spool, blobs: Sequence[str], model: Loaded, *,
             result = infer_series(model.session, [f for f, _ in good])
         except EdgemedError as exc:
             return Outcome("failed", exc.code, errors=bad + len(good))
-        if result.kind == "segmentation" and result.seg is not None:
-            return Outcome("inferred", result=result.seg, analysed=len(good), errors=bad)
+        if result.kind == "segmentation":
+            return Outcome("inferred", result=_segmentation(result, model),
+                           analysed=len(good), errors=bad)
         if not result.analysed:
             return Outcome("failed", ",".join(sorted(result.errors)) or "no result",
                            errors=bad + len(good))

@@ -39,11 +39,13 @@ class ModelInfo:
 @dataclass(frozen=True)
 class Finding:
     """The result for one source instance: ``index`` into the evidence list, the top label and
-    its probability (0..1)."""
+    its probability (0..1); ``whole_series``: the result is the whole series' (a volume model),
+    and the group references every source instance."""
 
     index: int
     label: str
     probability: float
+    whole_series: bool = False
 
 
 def _code(hd: Any, value: str, meaning: str) -> Any:
@@ -64,7 +66,7 @@ def _check(evidence: Sequence["Dataset"], findings: Sequence[Finding]) -> None:
                                     expected="0 <= p <= 1", found=f"{f.probability:.4g}")
 
 
-def _group(hd: Any, model: ModelInfo, f: Finding, source: "Dataset", uid: str) -> Any:
+def _group(hd: Any, model: ModelInfo, f: Finding, sources: Sequence["Dataset"], uid: str) -> Any:
     from pydicom.sr.codedict import codes
 
     algo = hd.sr.AlgorithmIdentification(name=model.name[:64], version=model.version[:64])
@@ -79,7 +81,7 @@ def _group(hd: Any, model: ModelInfo, f: Finding, source: "Dataset", uid: str) -
             unit=codes.UCUM.NoUnits, algorithm_id=algo)],
         source_images=[hd.sr.SourceImageForMeasurementGroup(
             referenced_sop_class_uid=str(source.SOPClassUID),
-            referenced_sop_instance_uid=str(source.SOPInstanceUID))],
+            referenced_sop_instance_uid=str(source.SOPInstanceUID)) for source in sources],
     )
 
 
@@ -116,7 +118,7 @@ def classification_sr(
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=device_uid, name="edgemed node", model_name=model.name[:64],
             manufacturer_name=MANUFACTURER))
-    groups = [_group(hd, model, f, evidence[f.index],
+    groups = [_group(hd, model, f, list(evidence) if f.whole_series else [evidence[f.index]],
                      generate_uid(entropy_srcs=[sop_uid, str(f.index)]))
               for f in findings]
     report = hd.sr.MeasurementReport(
