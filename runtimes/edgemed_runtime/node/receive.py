@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -19,6 +20,7 @@ from .audit import AuditLog
 from .metrics import Metrics
 from .spool import Spool, SpoolFullError
 
+DONE_KEEP = 100_000  # finished series remembered (re-sends acknowledged, not re-run)
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
@@ -54,6 +56,7 @@ class Intake:
         self.on_grouped = on_grouped
         self.lock = threading.Lock()
         self.series: dict[str, Live] = {}
+        self._done: deque[str] = deque()
 
     # -- C-STORE -------------------------------------------------------------------------
     def _admit(self, sid: str, iid: str, assoc: int, caller: str) -> str:
@@ -144,15 +147,24 @@ class Intake:
         live = Live(sid, instances=dict(instances), phase=phase)
         with self.lock:
             self.series[sid] = live
+            if phase == "done":
+                self._done.append(sid)
         return live
 
     def finish(self, sid: str) -> None:
-        """Mark a series done (its instances' blobs are gone; re-sends are 'late')."""
+        """Mark a series done: its instances are forgotten (their blobs are gone; a re-send is
+        'late', acknowledged and not run again); the last ``DONE_KEEP`` done series are kept."""
         with self.lock:
             live = self.series.get(sid)
-            if live is not None:
-                live.phase = "done"
-                live.instances = {k: "" for k in live.instances}
+            if live is None or live.phase == "done":
+                return
+            live.phase = "done"
+            live.instances, live.callers, live.assocs = {}, set(), set()
+            self._done.append(sid)
+            while len(self._done) > DONE_KEEP:
+                old = self._done.popleft()
+                if old in self.series and self.series[old].phase == "done":
+                    del self.series[old]
 
     def snapshot(self, sid: str) -> tuple[list[str], float]:
         """(blob names in the order received, wall time of the last instance) of a series."""

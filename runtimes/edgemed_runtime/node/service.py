@@ -156,7 +156,7 @@ class Node:
                   "scratch_removed": clean_scratch(self.cfg.spool.scratch_dir)}
         for sid, st in self._states.items():
             if st.done is not None:
-                self.intake.restore(sid, {k: "" for k in st.instances}, "done")
+                self.intake.restore(sid, {}, "done")
             elif st.grouped:
                 self.intake.restore(sid, st.instances, "grouped")
                 self._ready.append(sid)
@@ -319,6 +319,10 @@ class Node:
             if b:
                 self.spool.delete(b)
         self.intake.finish(sid)
+        with self._lock:  # nothing of a finished series stays in memory here
+            self._states.pop(sid, None)
+            self._tokens.pop(sid, None)
+            self._stuck.pop(sid, None)
 
     # -- dead letters --------------------------------------------------------------------
     def redeliver_dead_letters(self) -> tuple[int, int]:
