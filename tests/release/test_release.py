@@ -34,6 +34,7 @@ version = "0.1.0"
 counter = 1
 targets = ["cpu-x86"]
 out = "rel"
+device_check = "host"   # the isolated device venv comes from pip: tests/release/test_device_env.py
 
 [gate]
 max_accuracy_drop = 0.05
