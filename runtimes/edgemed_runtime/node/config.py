@@ -8,7 +8,7 @@ against the folder of the TOML file. See docs/node.md for every key.
 from __future__ import annotations
 
 import os
-import tomllib
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,6 +16,11 @@ from typing import Any, Mapping
 from ..dicom.series_filter import SeriesFilter
 from ..errors import InvalidInputError
 from .selection import series_filter
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - the node extra installs tomli on Python 3.10
+    import tomli as tomllib
 
 
 @dataclass(frozen=True)
