@@ -21,6 +21,10 @@ import numpy as np
 
 from edgemed_runtime.sdk import atomic_write_bytes
 
+from .seg_report import figures as seg_figures
+from .seg_report import gate_rows as seg_gate_rows
+from .seg_report import is_segmentation, metric_cells
+
 if TYPE_CHECKING:
     from .config import ReleaseConfig
     from .flow import ReleaseResult, TargetOutcome
@@ -110,10 +114,11 @@ def variant_rows(sel: Mapping[str, Any], chosen: str | None) -> list[list[str]]:
             why = "; ".join(g.get("reasons") or ()) or "did not meet the gate rule"
         ni = g.get("non_inferiority") or {}
         cells = []
-        for m in ("accuracy", "auc"):
+        for m in (("accuracy", "auc") if not is_segmentation(g) else ()):
             ref, cand = (g.get("reference") or {}).get(m), (g.get("candidate") or {}).get(m)
             cells.append(f"{_num(ref)} → {_num(cand)} {_ci((ni.get(m) or {}).get('ci'))}"
                          if ref is not None else "not computed")
+        cells = cells or metric_cells(g)
         p50 = (timings.get(name) or {}).get("p50")
         rows.append([_e(name), f"<span class='{cls}'>{verdict}</span>", _e(why), *cells,
                      _num(p50, 2, "not timed") + (" ms" if isinstance(p50, (int, float)) else "")])
@@ -229,6 +234,14 @@ def _device_text(t: "TargetOutcome") -> str:
 
 def summary_row(t: "TargetOutcome") -> list[str]:
     g = t.gate or {}
+    if is_segmentation(g):
+        acc, auc = metric_cells(g)
+        size = (f"{t.size_bytes / 1e6:.2f} MB" + (f" ({t.size_ratio:.2f}x FP32)" if t.size_ratio
+                                                  else "") if t.size_bytes else "not built")
+        return [_e(t.target), f"<span class='{STATUS_CLASS.get(t.status, 'bad')}'>"
+                f"{_e(STATUS_TEXT.get(t.status, t.status))}</span>", _e(t.chosen or "none"), acc,
+                auc, _num((g.get("agreement") or {}).get("dice"), 3, "not gated") + " (Dice)",
+                _e(size), _e(_latency_text(t)), _e(_device_text(t))]
     ref, cand, agr = g.get("reference") or {}, g.get("candidate") or {}, g.get("agreement") or {}
     ni = g.get("non_inferiority") or {}
     size = (f"{t.size_bytes / 1e6:.2f} MB" + (f" ({t.size_ratio:.2f}x FP32)" if t.size_ratio else "")
@@ -258,13 +271,16 @@ def target_section(t: "TargetOutcome", out: Path, labels: Sequence[str]) -> tupl
              _error_html(t.error)]
     if t.chosen:
         parts.append(f"<p><b>shipped:</b> {_e(t.chosen)}: {_e(t.why or '')}</p>")
+    seg = is_segmentation(t.gate) or any(is_segmentation(c) for c in
+                                         (sel.get("candidates") or {}).values())
     rows = variant_rows(sel, t.chosen)
-    parts.append(_table(["variant", "verdict", "reason", "accuracy FP32 → variant [CI of diff]",
-                         "AUC FP32 → variant [CI of diff]", "p50 this host"], rows)
+    quality = (["Dice FP32 → variant [CI of diff]", "HD95 FP32 → variant [CI of diff]"] if seg
+               else ["accuracy FP32 → variant [CI of diff]", "AUC FP32 → variant [CI of diff]"])
+    parts.append(_table(["variant", "verdict", "reason", *quality, "p50 this host"], rows)
                  if rows else "<p>no candidate was built (the build stopped before the gate)</p>")
     if sel.get("gate_rule"):
         parts.append(f"<p><b>gate rule:</b> {_e(sel['gate_rule'])}</p>")
-    g = gate_rows(t.gate)
+    g = seg_gate_rows(t.gate) if seg else gate_rows(t.gate)
     if g:
         parts.append("<h4>gate of the shipped model</h4>" + _table(
             ["metric", "FP32", "shipped", "difference", "95% CI of the difference", "verdict"], g))
@@ -274,8 +290,13 @@ def target_section(t: "TargetOutcome", out: Path, labels: Sequence[str]) -> tupl
     for w in [*((t.gate or {}).get("warnings") or ()), *(sel.get("warnings") or ())]:
         parts.append(f"<p class='warn'>warning: {_e(w)}</p>")
     png = None
-    got = _val_logits(t, out)
-    if isinstance(got, str):
+    got = _val_logits(t, out) if not seg else ""
+    if seg:
+        html_part, t_pngs = seg_figures(t, out)
+        parts.append(html_part)
+        for name, data in t_pngs.items():
+            atomic_write_bytes(out / name, data)
+    elif isinstance(got, str):
         parts.append(f"<p>ROC and confusion matrices: {_e(got)}</p>")
     else:
         png = curves_png(*got, labels, f"{t.target}: validation split, FP32 vs {t.chosen}")
@@ -320,6 +341,14 @@ for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)ok++;}
 document.body.setAttribute('data-images-loaded',ok+'/'+im.length);});"""
 
 
+def _quality_heads(cfg: "ReleaseConfig") -> list[str]:
+    if getattr(cfg.model, "task", "classification") == "segmentation":
+        return ["Dice FP32 → shipped [CI of diff]", "HD95 FP32 → shipped [CI of diff]",
+                "agreement with FP32"]
+    return ["accuracy FP32 → shipped [CI of diff]", "AUC FP32 → shipped [CI of diff]",
+            "top-1 agreement"]
+
+
 def write_release_report(result: "ReleaseResult", cfg: "ReleaseConfig") -> Path:
     """Write ``<out>/report.html`` (and one ``curves-<target>.png`` per target with curves)
     atomically; return the HTML path."""
@@ -334,15 +363,17 @@ def write_release_report(result: "ReleaseResult", cfg: "ReleaseConfig") -> Path:
     shipped = sum(t.status in ("released", "fallback-fp32") for t in result.targets)
     stopped = getattr(result, "interrupted", None)
     note = "<p class='bad'>the run was interrupted; finished targets are kept</p>" if stopped else ""
+    if (out / "registry.sqlite").is_file():
+        note += (f"<p>registered in {_e(out / 'registry.sqlite')}: <code>edgemed registry list "
+                 f"--db {_e(out / 'registry.sqlite')}</code></p>")
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>edgemed release {_e(cfg.release.family)} {_e(cfg.release.version)}</title>
 <style>{STYLE}</style><script>{_JS}</script></head><body>
 <h1>Release {_e(cfg.release.family)} {_e(cfg.release.version)} (counter {cfg.release.counter})</h1>
 {note}<p>{shipped} of {len(result.targets)} target(s) shipped in {result.seconds:.1f} s;
 {result.skipped_steps} unchanged step(s) skipped.</p>
-{_table(["target", "status", "shipped variant", "accuracy FP32 → shipped [CI of diff]",
-         "AUC FP32 → shipped [CI of diff]", "top-1 agreement", "size", "latency (p50, this host)",
-         "device check"], [summary_row(t) for t in result.targets])}
+{_table(["target", "status", "shipped variant", *_quality_heads(cfg), "size",
+         "latency (p50, this host)", "device check"], [summary_row(t) for t in result.targets])}
 <h2>Targets</h2>{''.join(sections)}
 <h2>Dataset</h2>{dataset_section(result.dataset or {})}
 </body></html>"""
