@@ -22,6 +22,9 @@ class ModelSection(Strict):
     weights: str | None = None
     input: tuple[int, ...] = (1, 1, 224, 224)
     labels: tuple[str, ...] = ()
+    task: Literal["classification", "segmentation"] = "classification"
+    """"segmentation": a volume model (``[preprocess] kind = "volume"``, ``[inference]``),
+    data = series folders with masks (edgemed.release.segmentation)."""
 
 
 class DataSection(Strict):
@@ -43,6 +46,22 @@ class PreprocessSection(Strict):
     std: float = 1.0
     channels: int | None = None
     model_card: str | None = None
+    kind: Literal["slice", "volume"] = "slice"
+    """"volume": the VolumeSpec fields below (a segmentation model on whole series)."""
+    axcodes: str = "RAS"
+    spacing: tuple[float, float, float] | None = None
+    intensity: tuple[float, float, float, float] | None = None
+    clip: bool = True
+
+
+class InferenceSection(Strict):
+    """How the device runs a volume (edgemed_runtime.InferenceSpec)."""
+
+    mode: Literal["whole", "sliding_window"] = "sliding_window"
+    roi_size: tuple[int, ...] = ()
+    overlap: float = Field(0.25, ge=0, lt=1)
+    blend: Literal["constant", "gaussian"] = "gaussian"
+    sw_batch_size: int = Field(4, ge=1)
 
 
 class GateSection(Strict):
@@ -53,6 +72,8 @@ class GateSection(Strict):
     min_labelled_agreement: float | None = Field(None, ge=0, le=1)
     max_accuracy_drop: float | None = Field(None, ge=0)
     max_auc_drop: float | None = Field(None, ge=0)
+    max_dice_drop: float | None = Field(None, ge=0)
+    min_agreement_dice: float | None = Field(None, ge=0, le=1)
 
 
 class SigningSection(Strict):
@@ -100,6 +121,7 @@ class ReleaseConfig(Strict):
     preprocess: PreprocessSection = PreprocessSection()
     gate: GateSection = GateSection()
     bench: BenchSection = BenchSection()
+    inference: InferenceSection | None = None
     base_dir: str = "."
 
     @model_validator(mode="after")
@@ -108,6 +130,15 @@ class ReleaseConfig(Strict):
             raise ValueError("targets repeat")
         if abs(sum(self.data.split) - 1.0) > 1e-6:
             raise ValueError("data.split must sum to 1")
+        seg = self.model.task == "segmentation"
+        if seg != (self.preprocess.kind == "volume"):
+            raise ValueError('model.task = "segmentation" goes with preprocess.kind = "volume" '
+                             "(and a slice model with the default kind)")
+        if seg and self.inference is None:
+            raise ValueError("a segmentation release needs an [inference] section "
+                             '(mode = "whole", or "sliding_window" with roi_size)')
+        if not seg and self.inference is not None:
+            raise ValueError("[inference] is for segmentation models only")
         return self
 
     def path(self, p: str | None) -> Path | None:

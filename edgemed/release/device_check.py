@@ -55,14 +55,48 @@ _SCRIPT = import_blocker() + textwrap.dedent(
 )
 
 
+_SEG_SCRIPT = import_blocker() + textwrap.dedent(
+    """
+    import json
+    import edgemed_runtime as rt
+    try:
+        with rt.open({bundle!r}, trust={trust!r}, device_key={key!r}, state_dir={state!r}) as s:
+            r = s.predict({dicom!r})
+            rt.write_seg({seg!r}, r.labels, r.source, label_names=r.label_names,
+                         algorithm=("edgemed", "1"))
+            out = {{"ok": True, "backend": s.backend, "seg": {seg!r},
+                   "labels": list(r.label_names), "shape": list(r.labels.shape)}}
+    except rt.EdgemedError as exc:
+        out = {{"ok": False, "error": exc.to_dict()}}
+    out["leaked_modules"] = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    print(json.dumps(out))
+    """
+)
+
+
+def verify_seg_as_device(bundle: Path, trust: Path, device_key: Path, series: Path, seg: Path,
+                         timeout: float = 600.0, *, python: Path | None = None) -> dict[str, Any]:
+    """A segmentation bundle as a device runs it: predict on the series folder ``series`` and
+    write the DICOM SEG to ``seg``; ``{"ok", "backend", "seg", "labels", "shape", ...}``.
+    Raises BundleError (timeout, crash) as ``verify_as_device``."""
+    return _run(_SEG_SCRIPT, dict(bundle=str(bundle), trust=str(trust), key=str(device_key),
+                                  dicom=str(series), seg=str(seg)), timeout, python)
+
+
 def verify_as_device(bundle: Path, trust: Path, device_key: Path, dicom: Path,
                      timeout: float = 300.0, *, python: Path | None = None) -> dict[str, Any]:
     """Run the check with interpreter ``python`` (default: this one; the release passes the
     device environment's, edgemed.release.device_env); return ``{"ok", "backend",
     "probabilities", ...}`` or raise BundleError."""
+    return _run(_SCRIPT, dict(bundle=str(bundle), trust=str(trust), key=str(device_key),
+                              dicom=str(dicom)), timeout, python)
+
+
+def _run(script: str, fields: dict[str, str], timeout: float, python: Path | None
+         ) -> dict[str, Any]:
+    """Run ``script`` (formatted with ``fields`` and a fresh ``state``) in a fresh process."""
     with tempfile.TemporaryDirectory(prefix="edgemed-device-state-") as state:
-        code = _SCRIPT.format(bundle=str(bundle), trust=str(trust),
-                              key=str(device_key), state=state, dicom=str(dicom))
+        code = script.format(state=state, **fields)
         try:
             r = subprocess.run([str(python or sys.executable), "-c", code], capture_output=True,
                                text=True, timeout=timeout, cwd=tempfile.gettempdir())

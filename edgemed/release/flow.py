@@ -209,6 +209,8 @@ class _Run:
         from ..model import load_model
 
         cfg, out = self.cfg, self.out
+        if cfg.model.task == "segmentation":
+            return self.prepare_segmentation()
         spec = _spec(cfg)
         ds_steps: dict[str, str] = {}
         data_key, manifest = _dataset_step(cfg, spec, out, self.state, self.say, ds_steps)
@@ -227,6 +229,23 @@ class _Run:
                        data_key=data_key, spec=spec, labels=labels, calib_x=calib_x,
                        dicom_file=test_files[0],
                        validation=LabelledArrays(val_x, val_y, tuple(manifest.class_names), ()))
+
+    def prepare_segmentation(self) -> _Shared:
+        """The segmentation dataset step (series split by patient) and the source model."""
+        from ..model import load_model
+        from . import segmentation as seg
+
+        cfg = self.cfg
+        data = seg.dataset_step(cfg, self.out, self.state, self.say)
+        self.skipped += int(data.skipped)
+        self.dataset = data.report
+        src = load_model(cfg.model.source if not (cfg.path(cfg.model.source) or Path()).exists()
+                         else str(cfg.path(cfg.model.source)),
+                         weights=cfg.path(cfg.model.weights))
+        return _Shared(cfg=cfg, state=self.state, out=self.out, say=self.say, src=src,
+                       data_key=data.key, spec=seg.volume_specs(cfg)[0],  # type: ignore[arg-type]
+                       labels=cfg.model.labels, calib_x=np.empty(0, np.float32),
+                       validation=data.val, dicom_file=data.check_series, seg=data)
 
     def target(self, shared: _Shared, o: TargetOutcome) -> None:
         """Release one target into ``o`` (its failure is recorded, not raised)."""
@@ -269,6 +288,7 @@ class _Shared:
     calib_x: np.ndarray
     validation: Any
     dicom_file: Path
+    seg: Any = None  # segmentation.SegData for a segmentation release
 
 
 @dataclass
@@ -332,6 +352,13 @@ class _TargetRelease:
         from ..pipeline import BuildOptions, build
 
         cfg, s = self.s.cfg, self.s
+        if s.seg is not None:
+            from .segmentation import build_key, run_build, seg_gate
+
+            key = build_key(self, profile, seg_gate(cfg))
+            self.step("build", key, lambda: run_build(self, profile, art_dir),
+                      outputs=[art_dir / "artifact.json"], forget=True, say_skipped=True)
+            return key
         gate = profile.gate.model_copy(update={k: v for k, v in cfg.gate.model_dump().items()
                                                if v is not None})
         key = content_key("build", s.src.sha256, s.data_key, profile.sha256, gate.model_dump(),
@@ -422,6 +449,10 @@ class _TargetRelease:
         from .device_check import verify_as_device
 
         cfg, say, dicom_file = self.s.cfg, self.s.say, self.s.dicom_file
+        if self.s.seg is not None:
+            from .segmentation import check
+
+            return check(self, bundle_dir, art)
         pub = cfg.path(cfg.signing.publisher_pub)
         key = cfg.path(cfg.signing.verify_device_key)
         if key is None:
@@ -470,6 +501,12 @@ class _TargetRelease:
         from ..bench.runner import BenchConfig
 
         cfg, target = self.s.cfg, self.target
+        if self.s.seg is not None:
+            from .segmentation import latency
+
+            res = latency(self, tdir)
+            atomic_write_bytes(tdir / "bench.json", json.dumps(res, indent=1).encode())
+            return res
         self.s.say(f"{target}: benchmarking the bundle on this host")
         ref = tdir / "artifact" / "reference" / "model.onnx"
         # the benchmark opens the bundle as the device would, with a throwaway rollback state:
