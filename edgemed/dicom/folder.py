@@ -104,10 +104,19 @@ def _read(named: list[tuple[Path, str | None]], spec: PreprocessSpec,
             raise type(exc)(f"{rel}: {exc.message}", expected=exc.expected, found=exc.found,
                             fix=exc.fix or "remove or repair that file", code=exc.code) from None
         kept.append((p, lab))
+    raw = [p.name for p, _ in kept if not _has_part10_header(p)]
+    if raw:
+        log.warning("read %d file(s) without the DICOM Part 10 header as raw datasets (%s%s)",
+                    len(raw), ", ".join(raw[:3]), ", ..." if len(raw) > 3 else "")
     if skipped:
         log.warning("skipped %d file(s) without a DICOM suffix that are no DICOM image (%s%s)",
                     len(skipped), ", ".join(skipped[:3]), ", ..." if len(skipped) > 3 else "")
     return xs, kept
+
+
+def _has_part10_header(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(132)[128:132] == b"DICM"
 
 
 def load_folder(

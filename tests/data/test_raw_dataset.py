@@ -62,13 +62,15 @@ def test_raw_dataset_reads_like_its_part10_file(part10: Path, tmp_path: Path, im
     np.testing.assert_array_equal(load_input(raw, SPEC), load_input(part10, SPEC))
 
 
-def test_raw_dataset_without_suffix_calibrates(part10: Path, tmp_path: Path) -> None:
+def test_raw_dataset_without_suffix_calibrates(part10: Path, tmp_path: Path, caplog) -> None:
     from edgemed.dicom import load_folder
 
     (tmp_path / "export" / "p1").mkdir(parents=True)
     (tmp_path / "export" / "p1" / "IM1").write_bytes(_raw_bytes(part10, implicit=True))
-    la = load_folder(tmp_path / "export", SPEC, labelled=False)
+    with caplog.at_level("WARNING", logger="edgemed.dicom"):
+        la = load_folder(tmp_path / "export", SPEC, labelled=False)
     assert la.x.shape == (1, 1, 16, 16)
+    assert "1 file(s) without the DICOM Part 10 header" in caplog.text
 
 
 @pytest.mark.parametrize("head, why", [
