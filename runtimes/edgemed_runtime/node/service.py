@@ -29,7 +29,7 @@ from .metrics import Metrics, serve_metrics
 from .model import ModelHolder
 from .process import clean_scratch, process_series
 from .receive import Intake
-from .spool import Spool, SeriesState, load_or_create_key
+from .spool import SeriesState, Spool, SpoolFullError, load_or_create_key
 
 
 MAX_RESTARTS = 2  # a series that stalls a worker this often is given up (dead letter)
@@ -278,41 +278,67 @@ class Node:
             self._cleanup(sid, blobs)
             return
         blob = f"r-{sid}-{bundle_id}"
-        self.spool.put(blob, out.result)
-        self.spool.log("inferred", s=sid, b=bundle_id, f=blob)
         self.metrics.inc("processed")
         self.audit.write("inferred", series=sid, bundle_id=bundle_id, analysed=out.analysed,
                          errors=out.errors, ms=ms)
+        try:
+            self.spool.put(blob, out.result)
+            self.spool.log("inferred", s=sid, b=bundle_id, f=blob)
+        except SpoolFullError:
+            # the spool is full of this series' instances: deliver from memory (the instances
+            # stay journalled 'grouped' until delivered, so nothing is lost if this fails)
+            self.audit.write("result-not-spooled", series=sid, code="spool-full")
+            self._deliver(sid, bundle_id, None, token, data=out.result)
+            return
         st.results[bundle_id] = blob
         self._states[sid] = st
         self._deliver(sid, bundle_id, blob, token)
 
-    def _deliver(self, sid: str, bundle_id: str, blob: str, token: int) -> None:
+    def _deliver(self, sid: str, bundle_id: str, blob: str | None, token: int, *,
+                 data: bytes | None = None) -> None:
+        """Send a result (spool blob ``blob``, or ``data`` not spooled) with retries; journal
+        delivered, or move it to the dead-letter folder."""
         dest = self.cfg.destination
-        data = self.spool.get(blob)
+        payload = data if data is not None else self.spool.get(str(blob))
         t0 = time.monotonic()
-        res = with_retries(lambda: self.courier.send(data),
+        res = with_retries(lambda: self.courier.send(payload),
                            retries=dest.retries, backoff_s=dest.backoff_s, stop=self._halt)
         ms = round((time.monotonic() - t0) * 1000, 1)
         if not self._current(sid, token):
             return
         blobs, last_wall = self.intake.snapshot(sid)
         if res.ok:
-            self.spool.log("delivered", s=sid, b=bundle_id)
+            self._journal_freeing(sid, blobs, "delivered", b=bundle_id)
             self.metrics.inc("delivered")
             self.metrics.latency(time.time() - last_wall)
             self.audit.write("delivered", series=sid, bundle_id=bundle_id, attempts=res.attempts,
                              ms=ms)
-            self.spool.delete(blob)
+            if blob is not None:
+                self.spool.delete(blob)
         elif self._halt.is_set():
-            return  # stopping: stays 'inferred', delivered at the next start
+            return  # stopping: stays 'inferred' (or 'grouped'), resumed at the next start
         else:
-            self.spool.move_out(blob, dest.dead_letter)
-            self.spool.log("dead-letter", s=sid, b=bundle_id, f=blob)
+            name = blob or f"r-{sid}-{bundle_id}"
+            if blob is not None:
+                self.spool.move_out(blob, dest.dead_letter)
+            else:
+                self.spool.put_outside(name, payload, dest.dead_letter)
+            self._journal_freeing(sid, blobs, "dead-letter", b=bundle_id, f=name)
             self.metrics.inc("dead_letter")
             self.audit.write("dead-letter", series=sid, bundle_id=bundle_id,
                              attempts=res.attempts, reason=res.last_error)
         self._cleanup(sid, blobs)
+
+    def _journal_freeing(self, sid: str, blobs: list[str], event: str, **fields: Any) -> None:
+        """Journal ``event``; when the disk is full, free the series' instance blobs first (its
+        result is already safe) and try again."""
+        try:
+            self.spool.log(event, s=sid, **fields)
+        except SpoolFullError:
+            for b in blobs:
+                if b:
+                    self.spool.delete(b)
+            self.spool.log(event, s=sid, **fields)
 
     def _cleanup(self, sid: str, blobs: list[str]) -> None:
         for b in blobs:

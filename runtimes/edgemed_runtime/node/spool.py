@@ -161,6 +161,20 @@ class Spool:
         with self._lock:
             self.used += len(ct)
 
+    def put_outside(self, name: str, data: bytes, folder: Path) -> Path:
+        """Encrypt ``data`` as blob ``name`` straight into ``folder`` (the dead-letter folder,
+        when the spool itself is full); not counted in the spool's budget."""
+        folder.mkdir(parents=True, exist_ok=True)
+        dest = folder / f"{name}.enc"
+        tmp = folder / f"{name}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(self._encrypt(name, data))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        _fsync_dir(folder)
+        return dest
+
     def _encrypt(self, name: str, data: bytes) -> bytes:
         nonce = os.urandom(NONCE)
         return nonce + self._aead.encrypt(nonce, data, name.encode())
@@ -216,11 +230,20 @@ class Spool:
 
     # -- journal -------------------------------------------------------------------------
     def log(self, event: str, **fields: Any) -> None:
-        """Append one journal line and fsync it."""
+        """Append one journal line and fsync it.
+
+        Raises:
+            SpoolFullError: the disk is full or not writable (a partial line is cut on start).
+        """
         line = json.dumps({"e": event, **fields}, sort_keys=True).encode() + b"\n"
         with self._lock:
-            self._journal.write(line)
-            os.fsync(self._journal.fileno())
+            try:
+                self._journal.write(line)
+                os.fsync(self._journal.fileno())
+            except OSError as exc:
+                raise SpoolFullError("the journal cannot be written",
+                                     found=exc.strerror or "OSError",
+                                     fix="free disk space in the spool folder") from None
 
     def records(self) -> Iterator[dict[str, Any]]:
         """The journal's complete lines, in order (a torn last line is skipped)."""
