@@ -44,7 +44,12 @@ def env_key(req: DeviceRequirements) -> str:
 
 
 def source_hash(src: Path = RUNTIME_SRC) -> str:
-    """SHA-256 of the runtime's source files (which runtime a cached environment holds)."""
+    """SHA-256 of the runtime's source files (which runtime a cached environment holds); an
+    SDK installed without the source tree: the runtime version it pins."""
+    from edgemed_runtime.sdk import runtime_version
+
+    if not src.is_dir():
+        return f"edgemed-runtime=={runtime_version()}"
     h = hashlib.sha256()
     for p in sorted(src.rglob("*")):
         if p.is_file() and "__pycache__" not in p.parts and ".egg-info" not in str(p) \
@@ -73,7 +78,14 @@ def _pip(py: Path, args: list[str], timeout: float) -> None:
 
 def _install_runtime(py: Path, req: DeviceRequirements, timeout: float) -> None:
     """``pip install <copy of ./runtimes>[extras] <package>>=<min>...`` into ``py``'s venv (a
-    copy, so the build leaves nothing in the source tree)."""
+    copy, so the build leaves nothing in the source tree); without the source tree (an installed
+    SDK), ``edgemed-runtime[extras]==<this runtime's version>`` from the index."""
+    if not RUNTIME_SRC.is_dir():
+        from edgemed_runtime.sdk import runtime_version
+
+        head, *rest = req.pip_requirements()
+        _pip(py, [f"{head}=={runtime_version()}", *rest], timeout)
+        return
     with tempfile.TemporaryDirectory(prefix="edgemed-runtime-src-") as tmp:
         src = Path(tmp) / "runtimes"
         shutil.copytree(RUNTIME_SRC, src, ignore=shutil.ignore_patterns(
