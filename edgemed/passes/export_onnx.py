@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import shutil
+from dataclasses import replace
 import warnings
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,40 @@ def second_size(spatial: tuple[int, ...]) -> tuple[int, ...]:
     """A second spatial size for the parity check of a dynamic-spatial export: each side plus
     its largest power-of-two divisor up to 32 (so strided networks still divide it evenly)."""
     return tuple(int(d + min(32, d & -d)) for d in spatial)
+
+
+def dynamic_spatial_failure(module: Any, data: bytes, artifact: Artifact) -> str:
+    """Why a dynamic-spatial export does not hold at a second size ('' when it does).
+
+    Raises:
+        ExportError: ``fixed-size-model``: it does not hold, and the artifact's inference would
+            feed other sizes than the example's (no sliding window over that ROI).
+    """
+    import onnxruntime as ort
+    import torch
+
+    io = artifact.io
+    shape = (1, io.sample_shape[0], *second_size(io.sample_shape[1:]))
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    try:
+        with torch.no_grad():
+            ref = module(torch.from_numpy(x))
+        ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).float().numpy()
+        got = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {
+            io.input_name: x})[0]
+        why = "" if got.shape == ref.shape and cosine(got, ref) > 0.9999 else \
+            "the exported graph diverges from PyTorch at another size"
+    except Exception as exc:  # torch or onnxruntime refuse the other size
+        why = f"the model does not run at another size ({type(exc).__name__})"
+    inf = artifact.inference
+    roi = tuple(inf.roi_size) if inf is not None and inf.mode == "sliding_window" else ()
+    if why and roi != tuple(io.sample_shape[1:]):
+        raise ExportError(
+            "the model only takes its example's spatial size", expected="a sliding-window "
+            f"inference spec with roi_size = {'x'.join(map(str, io.sample_shape[1:]))}",
+            found=why, fix="pass inference=InferenceSpec(mode='sliding_window', roi_size=...) "
+            "equal to the example input's spatial size", code="fixed-size-model")
+    return why
 
 
 def check_onnx(data: bytes) -> Any:
@@ -123,6 +158,12 @@ class ExportOnnx(Pass[ExportConfig]):
                     {"parity": "skipped: the source is already ONNX"})
         module = artifact.payload
         data = export_torch(module, artifact.io, cfg.opset)
+        fixed = ""
+        if artifact.io.dynamic_spatial and (fixed := dynamic_spatial_failure(module, data, artifact)):
+            # e.g. UNETR (positional embeddings), SwinUNETR (shifted-window masks traced as
+            # constants): export at the ROI; sliding-window inference feeds only ROI windows
+            artifact = artifact.evolve(io=replace(artifact.io, dynamic_spatial=False))
+            data = export_torch(module, artifact.io, cfg.opset)
         inferred = check_onnx(data)
         graph_inputs = [i.name for i in inferred.graph.input]
         if graph_inputs != [artifact.io.input_name]:
@@ -136,9 +177,11 @@ class ExportOnnx(Pass[ExportConfig]):
         opset = max(o.version for o in inferred.opset_import if o.domain in ("", "ai.onnx"))
         parity = self._parity(module, data, artifact, ctx, cfg)
         atomic_write_bytes(out, data)
+        record: dict[str, Any] = {"opset": opset, "parity": parity, "bytes": len(data)}
+        if fixed:
+            record["spatial"] = f"fixed at {'x'.join(map(str, artifact.io.sample_shape[1:]))}: {fixed}"
         return (artifact.evolve(path=Path(workdir), model_file="model.onnx", format="onnx",
-                                payload=None),
-                {"opset": opset, "parity": parity, "bytes": len(data)})
+                                payload=None), record)
 
     def _parity(self, module: Any, data: bytes, artifact: Artifact, ctx: BuildContext,
                 cfg: ExportConfig) -> dict[str, Any]:

@@ -108,10 +108,8 @@ class QuantizeOnnxRuntime(Pass[QuantizeConfig]):
                 warnings.simplefilter("ignore")
                 model_in = src
                 if cfg.pre_process:
-                    # symbolic shape inference cannot resolve dynamic spatial dims (fully
-                    # convolutional models); ONNX shape inference still runs
-                    quant_pre_process(str(src), str(pre),
-                                      skip_symbolic_shape=bool(artifact.io.dynamic_spatial))
+                    # no symbolic shape inference for dynamic spatial dims (it cannot resolve them)
+                    quant_pre_process(str(src), str(pre), skip_symbolic_shape=artifact.io.dynamic_spatial)
                     model_in = pre
                 bn_converted = 0
                 if cfg.batchnorm != "keep":
