@@ -457,7 +457,7 @@ class _Build:
         device_flags = cpu_flags() if self.match else opts.device_cpu_flags
         excluded: dict[str, str] = {}
         for v in profile.variants:
-            ok, why_not = v.eligible(device_flags)
+            ok, why_not = v.eligible(device_flags, task=self.runner.source.task.name)
             if not ok:
                 excluded[v.name] = why_not
         self.isa = {"device_cpu_flags": "build host" if self.match else (

@@ -85,13 +85,19 @@ class Variant(Strict):
     """A candidate only on devices whose CPU satisfies this (e.g. VNNI for U8S8 kernels)."""
     unless: CpuCondition | None = None
     """Not a candidate on devices whose CPU satisfies this."""
+    tasks: tuple[str, ...] | None = None
+    """A candidate only for builds of these tasks (e.g. ``["segmentation"]``); None: every task."""
     baseline: bool = False
     """The uncompressed (FP32) candidate: compressed candidates must beat its latency on a
     host-matched build, and it ships as ``fallback-fp32`` when no compressed candidate can."""
 
-    def eligible(self, flags: frozenset[str] | None) -> tuple[bool, str]:
+    def eligible(self, flags: frozenset[str] | None, *,
+                 task: str = "classification") -> tuple[bool, str]:
         """Whether the variant is a candidate on a device CPU with ``flags`` (None: unknown,
-        e.g. the build host cannot stand in for the target), and why not."""
+        e.g. the build host cannot stand in for the target) for a build of ``task``, and why
+        not."""
+        if self.tasks is not None and task not in self.tasks:
+            return False, f"only for {' / '.join(self.tasks)} models"
         if flags is None:
             if self.when is not None:
                 return False, f"needs a device CPU with {self.when.describe()} (device CPU unknown)"
@@ -133,6 +139,10 @@ class TargetProfile(Strict):
         if self.variant(self.default_variant).when is not None:
             raise ValueError(f"default_variant {self.default_variant!r} has a `when` rule: the "
                              "default must be a candidate on every device of the target")
+        if any(v.tasks is not None for v in self.variants
+               if v.baseline or v.name == self.default_variant):
+            raise ValueError("the baseline and the default variant must serve every task (no "
+                             "`tasks` rule)")
         baselines = [v.name for v in self.variants if v.baseline]
         if len(baselines) > 1:
             raise ValueError(f"more than one baseline variant: {baselines}")

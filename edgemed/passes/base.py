@@ -136,6 +136,7 @@ _REGISTRY: dict[str, str] = {
     "quantize_onnxruntime": "edgemed.passes.quantize.onnxruntime:QuantizeOnnxRuntime",
     "quantize_openvino": "edgemed.passes.quantize.openvino:QuantizeOpenVino",
     "convert_openvino": "edgemed.passes.convert_openvino:ConvertOpenVino",
+    "subpixel_deconv": "edgemed.passes.subpixel_deconv:SubpixelDeconv",
     "ort_format": "edgemed.passes.ort_format:OrtFormat",
     "fp16": "edgemed.passes.fp16:Fp16",
     "tensorrt_recipe": "edgemed.passes.tensorrt:TensorRtRecipePass",

@@ -16,6 +16,14 @@ DenseNet-121 ran in 3.47-3.58 ms static against 3.92-4.06 ms dynamic (ResNet-18,
 no difference). The session keeps the ``ov.Model`` (in memory) for that second compile;
 ``static_batch = 0`` compiles the dynamic model only and keeps nothing else.
 
+Shape specialisation (fully convolutional models, dynamic spatial dims): sliding-window inference
+feeds ROI-sized windows, ``sw_batch_size`` at a time (the last batch may be smaller), so a call
+with a shape not seen before gets a static compile of its own, for at most ``static_shapes``
+shapes (default 2: full batches and the last one; 0 = off); other shapes run on the dynamic
+compile. Measured on the 2-core AVX2 machine, NNCF INT8 MONAI 3D UNet (InstanceNorm + PReLU) at
+64^3: static 375 ms against 453 ms dynamic (the MVN and the eltwise tail fuse only with static
+shapes). The first call of each new shape pays the compile.
+
 Threads: ``run`` may be called from several threads at once. An ``InferRequest`` is not safe to
 share (8 threads x 200 calls on one shared request, 2-core AVX2 machine: 1263-1323 of the 1600
 results differed from the serial result of their own input), so each compiled model has a pool
@@ -167,6 +175,25 @@ def infer_requests(options: Mapping[str, Any]) -> int:
     return _count_option(options, "infer_requests", 0, "0 = OpenVINO's optimal number")
 
 
+def static_shapes(options: Mapping[str, Any]) -> int:
+    """How many distinct input shapes of a dynamic-spatial model get a static compile
+    (``static_shapes`` option; 0 = off, default 2).
+
+    Raises:
+        BackendError: not a non-negative integer.
+    """
+    return _count_option(options, "static_shapes", 2, "0 = off")
+
+
+def spatial_dynamic(model: Any) -> bool:
+    """Whether some input of ``model`` has a dynamic dimension after the first (its rank known)."""
+    for port in model.inputs:
+        ps = port.get_partial_shape()
+        if ps.rank.is_static and any(d.is_dynamic for d in list(ps)[1:]):
+            return True
+    return False
+
+
 def specialise_batch(model: Any, batch: int) -> dict[int, Any] | None:
     """Reshape ``model`` in place to a static ``batch`` when every input's only dynamic dimension
     is the first. Returns the original partial shapes (input index -> PartialShape) to undo it,
@@ -223,8 +250,13 @@ class _OvSession(BackendSession):
     with its pool of infer requests (safe to ``run`` from several threads)."""
 
     def __init__(self, compiled: Any, *, batch: int = 0,
-                 dynamic: Callable[[], Any] | None = None, requests: int = 0) -> None:
+                 dynamic: Callable[[], Any] | None = None, requests: int = 0,
+                 per_shape: Callable[[list[tuple[int, ...]]], Any] | None = None,
+                 shape_limit: int = 0) -> None:
         self._compiled = compiled
+        self._per_shape = per_shape
+        self._shape_limit = shape_limit if per_shape is not None else 0
+        self._by_shape: dict[tuple[tuple[int, ...], ...], tuple[Any, Pool[Any]]] = {}
         self._requests = requests
         self._pool: Pool[Any] | None = _request_pool(compiled, requests)
         self._batch = batch
@@ -240,6 +272,23 @@ class _OvSession(BackendSession):
             "execution_devices": list(compiled.get_property("EXECUTION_DEVICES")),
             "static_batch": batch,
         }
+        if self._shape_limit:
+            self.details["static_shapes"] = []
+
+    def _for_shape(self, arrays: list[np.ndarray]) -> tuple[Any, Pool[Any]] | None:
+        """The static compile for this call's input shapes (made on first need, once, while
+        fewer than ``shape_limit`` exist), or None: the dynamic compile serves it."""
+        key = tuple(tuple(int(n) for n in a.shape) for a in arrays)
+        hit = self._by_shape.get(key)
+        if hit is not None or len(self._by_shape) >= self._shape_limit:
+            return hit
+        with self._compile_lock:
+            hit = self._by_shape.get(key)
+            if hit is None and len(self._by_shape) < self._shape_limit and self._per_shape:
+                compiled = self._per_shape(list(key))
+                hit = self._by_shape[key] = (compiled, _request_pool(compiled, self._requests))
+                self.details["static_shapes"].append(["x".join(map(str, k)) for k in key])
+        return hit
 
     def _pick(self, arrays: list[np.ndarray]) -> tuple[Any, Pool[Any]]:
         """The (compiled model, request pool) for this call's batch size; compiles the dynamic
@@ -251,6 +300,8 @@ class _OvSession(BackendSession):
         compiled, pool = self._compiled, self._pool
         if compiled is None or pool is None:
             raise BackendError("the session is closed", code="closed")
+        if self._shape_limit:
+            return self._for_shape(arrays) or (compiled, pool)
         if not self._batch or all(a.ndim and a.shape[0] == self._batch for a in arrays):
             return compiled, pool
         dynamic = self._dynamic
@@ -289,6 +340,8 @@ class _OvSession(BackendSession):
         self._compiled = None
         self._dynamic = None
         self._make_dynamic = None
+        self._by_shape = {}
+        self._per_shape = None
 
 
 class OpenVinoBackend(Backend):
@@ -326,7 +379,16 @@ class OpenVinoBackend(Backend):
                 fix=f"check that device {device!r} exists (Core().available_devices)",
             ) from None
         if original is None:
-            return _OvSession(compiled, requests=requests)
+            limit = static_shapes(options)
+            if not limit or not spatial_dynamic(ov_model):
+                return _OvSession(compiled, requests=requests)
+
+            def per_shape(shapes: list[tuple[int, ...]]) -> Any:
+                static = ov_model.clone()
+                static.reshape({k: ov.PartialShape(list(s)) for k, s in enumerate(shapes)})
+                return core.compile_model(static, device, props)
+
+            return _OvSession(compiled, requests=requests, per_shape=per_shape, shape_limit=limit)
 
         def dynamic() -> Any:
             ov_model.reshape(original)  # back to the dynamic batch, then compile once
