@@ -53,6 +53,22 @@ class SegDemoResult:
     chosen_variant: str | None
     seg_files: list[str] = field(default_factory=list)
     volumes_ml: list[dict[str, Any]] = field(default_factory=list)
+    unsupported: dict[str, str] = field(default_factory=dict)
+    """Targets not released because their format cannot hold this model, and why."""
+
+
+def unsupported_for_3d(target: str) -> str | None:
+    """Why ``target`` cannot ship the demo's sliding-window 3D model (its variants all fix the
+    input shape), or None when it can."""
+    from .targets import load_target
+
+    prof = load_target(target)
+    fixed = [v.name for v in prof.variants
+             if any(isinstance(p, dict) and p.get("fix_batch") for p in v.passes)]
+    if prof.variants and len(fixed) == len(prof.variants):
+        return ("not supported for 3D: its format (ORT Mobile, fixed shapes) keeps only the batch "
+                "dimension dynamic, and a sliding-window 3D model needs dynamic spatial sizes")
+    return None
 
 
 def demo_unet() -> Any:
@@ -203,7 +219,12 @@ def run_segmentation_demo(out: str | os.PathLike[str] = "edgemed-seg-demo",
     write_series_dataset(root / "series", n_series=config.n_series, seed=config.seed,
                          shape=config.shape, n_patients=config.n_patients, masks=True)
     _keys(root)
-    targets = demo_targets(config.targets)
+    unsupported = {t: why for t in config.targets if (why := unsupported_for_3d(t))}
+    targets = [t for t in demo_targets(config.targets) if t not in unsupported]
+    if not targets:
+        raise InvalidInputError("no target here can release the 3D demo", code="bad-option",
+                                found=", ".join(f"{t}: {w}" for t, w in unsupported.items()),
+                                fix="--targets cpu-x86,openvino-cpu")
     project = _write_project(root, config, targets)
     cfg = load_release_config(project)
     out_dir = cfg.path(cfg.release.out) or root / "release"
@@ -221,7 +242,7 @@ def run_segmentation_demo(out: str | os.PathLike[str] = "edgemed-seg-demo",
     res = SegDemoResult(out=root, split={k: int(v.get("files", 0)) for k, v in
                                          (data.report.get("counts") or {}).items()},
                         train_seconds=seconds, final_loss=loss, release=rel.to_dict(),
-                        artifact=None, chosen_variant=None)
+                        artifact=None, chosen_variant=None, unsupported=unsupported)
     _held_out_segs(res, rel, data.test, root / "seg", say)
     return res
 

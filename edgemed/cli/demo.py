@@ -16,7 +16,11 @@ def register(app: typer.Typer) -> None:
     def demo(
         out: Path = typer.Option(Path("edgemed-demo"), "--out", "-o", help="output folder"),
         epochs: int = typer.Option(8, "--epochs", min=1, help="training epochs"),
-        patients: int = typer.Option(24, "--patients", min=5, help="synthetic patients"),
+        patients: int = typer.Option(None, "--patients", min=5,
+                                     help="synthetic patients (default 24; 12 for segmentation)"),
+        task: str = typer.Option("classification", "--task",
+                                 help="classification (a 2D lesion classifier) or segmentation "
+                                 "(a 3D UNet, two organ labels, DICOM SEG out)"),
         seed: int = typer.Option(0, "--seed"),
         targets: str = typer.Option("cpu-x86,openvino-cpu,mobile-android", "--targets",
                                     help="comma-separated targets to release (those buildable here run)"),
@@ -32,8 +36,18 @@ def register(app: typer.Typer) -> None:
 
         from edgemed.demo import DemoConfig, run_demo
 
+        if task not in ("classification", "segmentation"):
+            with handle_errors(as_json):
+                from edgemed.errors import InvalidInputError
+
+                raise InvalidInputError("unknown demo task", expected="classification or "
+                                        "segmentation", found=task, code="bad-option")
+        if task == "segmentation":
+            with handle_errors(as_json):
+                code = _segmentation(out, patients or 12, seed, targets, as_json)
+            raise typer.Exit(code)
         with handle_errors(as_json):
-            cfg = DemoConfig(epochs=epochs, n_patients=patients, seed=seed,
+            cfg = DemoConfig(epochs=epochs, n_patients=patients or 24, seed=seed,
                              targets=tuple(t.strip() for t in targets.split(",") if t.strip()))
             with progress_callback("demo", quiet=as_json) as say:
                 r = run_demo(out, cfg, progress=say)
@@ -88,3 +102,47 @@ def register(app: typer.Typer) -> None:
             console.print(f"try: edgemed predict {r.artifact} {r.out / 'dicom'}   |   "
                           f"edgemed release {r.out / 'edgemed.toml'} (re-run: unchanged steps skip)")
         raise typer.Exit(code)
+
+
+def _segmentation(out: Path, patients: int, seed: int, targets: str, as_json: bool) -> int:
+    """``edgemed demo --task segmentation``: run it, print what it did; the release's exit code."""
+    from dataclasses import asdict
+
+    from edgemed.segdemo import SegDemoConfig, run_segmentation_demo
+    from edgemed.segmentation.gate import seg_gate_summary
+
+    cfg = SegDemoConfig(n_series=2 * patients, n_patients=patients, seed=seed,
+                        targets=tuple(t.strip() for t in targets.split(",")
+                                                           if t.strip()))
+    with progress_callback("demo", quiet=as_json) as say:
+        r = run_segmentation_demo(out, cfg, progress=say)
+    code = int(r.release.get("exit_code", 0))
+    if as_json:
+        print_json({"ok": code == 0, **asdict(r)})
+        return code
+    console.print(f"series split by patient: {r.split}; 3D UNet trained in {r.train_seconds:.0f} s "
+                  f"(final DiceCE loss {r.final_loss:.3f})")
+    rt = Table(title=f"release: one bundle per target ({r.release['seconds']:.0f} s)")
+    for col in ("target", "status", "chosen", "gate: n, Dice / HD95 / SD diff [CI]",
+                "series -> labels p50", "device SEG"):
+        rt.add_column(col)
+    for o in r.release["targets"]:
+        lat = (o.get("latency") or {}) if isinstance(o.get("latency"), dict) else {}
+        p50 = ", ".join(f"{n} {c['p50_ms']:.0f} ms" for n, c in (lat.get("candidates") or {}).items())
+        dc = o.get("device_check") or {}
+        seg = (f"equal ({dc['voxels']} voxels)" if dc.get("voxels_differing") == 0 else
+               f"{dc['voxels_differing']} voxels differ" if "voxels_differing" in dc else "not run")
+        rt.add_row(o["target"], o["status"], str(o["chosen"] or "none"),
+                   seg_gate_summary(o.get("gate")) if o.get("gate") else
+                   str((o.get("error") or {}).get("message") or "not gated"),
+                   p50 or str(o.get("latency") or "not measured"), seg)
+    for target, why in r.unsupported.items():
+        rt.add_row(target, "not released", "none", why, "", "")
+    console.print(rt)
+    for row in r.volumes_ml:
+        console.print(f"held-out {row['series']}: " + ", ".join(
+            f"{k} {v:.1f} ml" for k, v in row.items() if k != "series"))
+    for f in r.seg_files:
+        console.print(f"DICOM SEG: {f}")
+    console.print(f"report: {r.release['report']}")
+    return code
