@@ -18,7 +18,7 @@ DIST = "edgemed-runtime"
 BACKEND_EXTRAS: dict[str, str | None] = {"onnxruntime": None, "openvino": "openvino",
                                          "tensorrt": "tensorrt"}
 """The ``edgemed-runtime`` extra that installs each built-in backend (None: the base runtime)
-(runtimes/pyproject.toml ``[project.optional-dependencies]``; tests/bundle/test_requirements.py)."""
+(runtimes/pyproject.toml ``[project.optional-dependencies]``; tests/release/test_device_env.py)."""
 
 
 @dataclass(frozen=True)
