@@ -1,0 +1,64 @@
+"""``edgemed demo --task segmentation`` at a reduced size: synthetic series with organ masks, a
+seeded 3D UNet trained a few steps, the release (one ORT INT8 variant, isolated device check),
+and a DICOM SEG for every held-out series that reads back with highdicom equal to the runtime's
+labels; the phone target is a clear "not supported for 3D" row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("highdicom")
+pytest.importorskip("torch")
+
+from edgemed.segdemo import SegDemoConfig, run_segmentation_demo, unsupported_for_3d  # noqa: E402
+
+PROFILE = """
+name = "segdemo-quick"
+kind = "cpu"
+default_variant = "ort-int8-rr"
+[host]
+arch = ["riscv64"]
+[[variants]]
+name = "ort-int8-rr"
+backend = "onnxruntime"
+passes = [
+  { pass = "export_onnx", opset = 17 },
+  { pass = "quantize_onnxruntime", activation_type = "uint8", weight_type = "int8", per_channel = true, calibration = "minmax", reduce_range = true },
+]
+"""
+
+
+def test_mobile_android_is_not_supported_for_3d() -> None:
+    why = unsupported_for_3d("mobile-android")
+    assert why is not None and why.startswith("not supported for 3D")
+    assert unsupported_for_3d("cpu-x86") is None
+
+
+@pytest.mark.slow
+def test_reduced_segmentation_demo_writes_segs_that_read_back(tmp_path: Path) -> None:
+    from edgemed_runtime import Artifact, open_artifact, read_series
+
+    from edgemed.release.segmentation import seg_readback
+
+    profile = tmp_path / "segdemo-quick.toml"
+    profile.write_text(PROFILE)
+    cfg = SegDemoConfig(n_series=6, n_patients=6, shape=(16, 28, 28), steps=6,
+                        targets=(str(profile), "mobile-android"))
+    r = run_segmentation_demo(tmp_path / "demo", cfg)
+    assert r.release["exit_code"] == 0, r.release["targets"]
+    assert list(r.unsupported) == ["mobile-android"]
+    (t,) = r.release["targets"]
+    assert t["status"] == "released" and t["device_check"]["voxels_differing"] == 0
+    assert sum(r.split.values()) == 6 and r.split["test"] >= 1
+    assert r.seg_files and len(r.seg_files) == len(r.volumes_ml) == r.split["test"]
+    test_root = Path(r.release["out"]) / "dataset" / "test"
+    with open_artifact(Artifact.load(r.artifact)) as sess:
+        for seg_file, row in zip(r.seg_files, r.volumes_ml):
+            vol = read_series(test_root / row["series"])
+            labels = sess.predict(vol).labels
+            assert np.array_equal(seg_readback(Path(seg_file), vol), labels)
+    assert (tmp_path / "demo" / "demo_unet.pt").is_file()
+    assert Path(r.release["report"]).is_file()
