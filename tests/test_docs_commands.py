@@ -55,7 +55,8 @@ SLOW: dict[str, str] = {
     "edgemed bench out/ --peers": "quantizes and times three peer models (minutes on 2 loaded cores)",
     "edgemed bench out/ --backend openvino --batch 1,4,8 --threads 2 --runs 100 --processes 3":
         "3 cold-start processes x 3 batch sizes x 100 runs",
-    "edgemed bench out/ --with mobile-out/ --json --save bench.json": "a benchmark of two artifacts",
+    "edgemed bench out/ --with mobile-out/ --json --save bench.json --enforce-budget":
+        "a benchmark of two artifacts (budgets enforced: the tiny model is far under them)",
     "edgemed report bench.json -o report/": "reads the bench.json the command above saves",
     "edgemed build --model mypkg.nets:make_net --weights ckpt.pt --input 1x1x224x224 "
     "--calib data/calib/ --target ~/my-targets/my-board.toml -o my-board-out/":
