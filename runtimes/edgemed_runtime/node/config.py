@@ -62,16 +62,35 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class DestinationConfig:
-    """Where results go (C-STORE), how often to retry, and the dead-letter folder."""
+class OutTlsConfig:
+    """TLS to the destination: ``ca`` verifies its certificate; ``cert`` / ``key``: the node's
+    client certificate, when the destination asks for one."""
 
-    ae_title: str
-    host: str
-    port: int
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+
+SEND_BY = ("c-store", "stow-rs")
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    """Where results go (C-STORE and / or DICOMweb STOW-RS), how often to retry, the
+    dead-letter folder and its automatic redelivery (``redeliver_s`` = 0: only on request)."""
+
     dead_letter: Path
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
     retries: int = 5
     backoff_s: float = 1.0
     timeout_s: float = 30.0
+    send_by: tuple[str, ...] = ("c-store",)
+    stow_url: str = ""
+    stow_ca: Path | None = None
+    tls: OutTlsConfig | None = None
+    redeliver_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +102,7 @@ class SpoolConfig:
     key_file: Path
     max_bytes: int = 1 << 30
     scratch_dir: Path = Path("/dev/shm")
+    journal_max_bytes: int = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -95,6 +115,8 @@ class NodeConfig:
     spool: SpoolConfig
     selection: SeriesFilter = field(default_factory=SeriesFilter)
     group_timeout_s: float = 10.0
+    group_by: str = "series"
+    late: str = "ack"
     workers: int = 2
     queue_size: int = 64
     watchdog_s: float = 300.0
@@ -175,6 +197,13 @@ def _ae(key: str, v: str) -> str:
     return v
 
 
+def _choice(r: _Reader, key: str, allowed: tuple[str, ...]) -> str:
+    v = r.str(key, allowed[0])
+    if v not in allowed:
+        raise _bad(r.prefix + key, " or ".join(repr(a) for a in allowed), "another string")
+    return str(v)
+
+
 def _scp(t: dict[str, Any], base: Path) -> ScpConfig:
     r = _Reader(t, "node.", base)
     tls_t = _table(t, "tls", required=False)
@@ -215,18 +244,40 @@ def _model(t: dict[str, Any], base: Path) -> ModelConfig:
     return cfg
 
 
+def _out_tls(t: dict[str, Any], base: Path) -> OutTlsConfig | None:
+    tls_t = _table(t, "tls", required=False)
+    if not tls_t:
+        return None
+    r = _Reader(tls_t, "destination.tls.", base)
+    cfg = OutTlsConfig(ca=r.path("ca", required=True), cert=r.path("cert"), key=r.path("key"))
+    r.done()
+    if (cfg.cert is None) != (cfg.key is None):
+        raise _bad("destination.tls.key", "cert and key together (or neither)", "one of them")
+    return cfg
+
+
 def _destination(t: dict[str, Any], base: Path) -> DestinationConfig:
     r = _Reader(t, "destination.", base)
+    r.seen.add("tls")
+    send_by = r.strs("send_by", ("c-store",))
+    if not send_by or any(v not in SEND_BY for v in send_by) or len(set(send_by)) < len(send_by):
+        raise _bad("destination.send_by", 'a list of "c-store" and / or "stow-rs"', "list")
+    dimse = "c-store" in send_by
     cfg = DestinationConfig(
-        ae_title=_ae("destination.ae_title", r.str("ae_title", required=True)),
-        host=r.str("host", required=True), port=r.num("port", None, lo=1, hi=65535),
+        ae_title=_ae("destination.ae_title", r.str("ae_title", required=dimse) or "NONE"),
+        host=r.str("host", "", required=dimse), port=r.num("port", 0, lo=1, hi=65535),
         dead_letter=r.path("dead_letter", required=True),
         retries=r.num("retries", 5, lo=0, hi=100),
         backoff_s=r.num("backoff_s", 1.0, lo=0, hi=3600, integer=False),
-        timeout_s=r.num("timeout_s", 30.0, lo=0.1, hi=3600, integer=False))
+        timeout_s=r.num("timeout_s", 30.0, lo=0.1, hi=3600, integer=False),
+        send_by=send_by, stow_url=r.str("stow_url", "", required="stow-rs" in send_by),
+        stow_ca=r.path("stow_ca"), tls=_out_tls(t, base),
+        redeliver_s=r.num("redeliver_s", 0.0, lo=0, hi=30 * 86400, integer=False))
     r.done()
-    if cfg.port is None:
+    if dimse and not cfg.port:
         raise _bad("destination.port", "an integer in 1..65535 (required)", None)
+    if cfg.stow_url and not cfg.stow_url.startswith(("http://", "https://")):
+        raise _bad("destination.stow_url", "an http:// or https:// URL", "string")
     return cfg
 
 
@@ -234,7 +285,9 @@ def _spool(t: dict[str, Any], base: Path) -> SpoolConfig:
     r = _Reader(t, "spool.", base)
     cfg = SpoolConfig(dir=r.path("dir", required=True), key_file=r.path("key_file", required=True),
                       max_bytes=r.num("max_bytes", 1 << 30, lo=1 << 16, hi=1 << 50),
-                      scratch_dir=r.path("scratch_dir", Path("/dev/shm")))
+                      scratch_dir=r.path("scratch_dir", Path("/dev/shm")),
+                      journal_max_bytes=r.num("journal_max_bytes", 64 << 20, lo=1 << 12,
+                                              hi=1 << 40))
     r.done()
     return cfg
 
@@ -260,6 +313,7 @@ def parse_config(data: Mapping[str, Any], base: Path) -> NodeConfig:
         spool=_spool(_table(data, "spool"), base),
         selection=series_filter(_table(data, "selection", False)),
         group_timeout_s=g.num("timeout_s", 10.0, lo=0.05, hi=86400, integer=False),
+        group_by=_choice(g, "by", ("series", "study")), late=_choice(g, "late", ("ack", "rerun")),
         workers=w.num("count", 2, lo=1, hi=64), queue_size=w.num("queue", 64, lo=1, hi=1 << 16),
         watchdog_s=w.num("watchdog_s", 300.0, lo=0.1, hi=86400, integer=False),
         drain_s=w.num("drain_s", 30.0, lo=0, hi=3600, integer=False),

@@ -59,7 +59,8 @@ class Node:
         self.audit = AuditLog(config.audit_log)
         config.spool.dir.mkdir(parents=True, exist_ok=True)
         self.spool = Spool(config.spool.dir, load_or_create_key(config.spool.key_file),
-                           config.spool.max_bytes)
+                           config.spool.max_bytes,
+                           journal_max_bytes=config.spool.journal_max_bytes)
         self.queue: queue.Queue[str] = queue.Queue(maxsize=config.queue_size)
         self.metrics = Metrics(depth=self.queue.qsize)
         self.model = ModelHolder(config.model, self._model_event, passphrase)

@@ -28,6 +28,7 @@ from ..errors import EdgemedError, InvalidInputError
 KEY_BYTES = 32
 NONCE = 12
 JOURNAL = "journal.jsonl"
+COMPACT_TMP = "journal.jsonl.compact.tmp"
 
 
 class SpoolFullError(EdgemedError):
@@ -108,7 +109,8 @@ class Spool:
         max_bytes: the budget of blob bytes on disk.
     """
 
-    def __init__(self, root: Path, key: bytes, max_bytes: int) -> None:
+    def __init__(self, root: Path, key: bytes, max_bytes: int, *,
+                 journal_max_bytes: int = 64 << 20) -> None:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         self.root = root
@@ -116,13 +118,21 @@ class Spool:
         self.blobs.mkdir(parents=True, exist_ok=True)
         self._aead = AESGCM(key)
         self._hkey = hmac.new(key, b"edgemed-node/uid-hash", hashlib.sha256).digest()
-        self.max_bytes = max_bytes
+        self.max_bytes, self.journal_max_bytes = max_bytes, journal_max_bytes
         self._lock = threading.Lock()
         for p in self.blobs.glob("*.tmp*"):
             p.unlink(missing_ok=True)
-        self.used = sum(p.stat().st_size for p in self.blobs.glob("*.enc"))
+        (root / COMPACT_TMP).unlink(missing_ok=True)  # a compaction a kill cut short
         _drop_torn_tail(root / JOURNAL)
         self._journal = open(root / JOURNAL, "ab", buffering=0)  # noqa: SIM115 - held open
+        self.compactions = 0
+        self._compact_at = journal_max_bytes
+        with self._lock:
+            try:
+                self._compact_locked(drop_orphans=True)
+            except OSError:  # a full disk: start with the journal as it is
+                (root / COMPACT_TMP).unlink(missing_ok=True)
+        self.used = sum(p.stat().st_size for p in self.blobs.glob("*.enc"))
 
     def uid_hash(self, uid: str) -> str:
         """The keyed hash naming a UID in the journal, audit log and blob names (24 hex)."""
@@ -244,6 +254,52 @@ class Spool:
                 raise SpoolFullError("the journal cannot be written",
                                      found=exc.strerror or "OSError",
                                      fix="free disk space in the spool folder") from None
+            if self._journal.tell() > self._compact_at:
+                try:
+                    self._compact_locked(drop_orphans=False)
+                except OSError:
+                    pass  # no room for the compacted copy: the journal stays as it is
+
+    def compact(self) -> int:
+        """Rewrite the journal as the shortest one that replays to the same states; returns
+        its size in bytes. Crash-safe: written to a temporary file, fsync'd, renamed over the
+        journal, folder fsync'd (a kill leaves the old or the new journal, never half of one).
+        """
+        with self._lock:
+            return self._compact_locked(drop_orphans=False)
+
+    def _compact_locked(self, *, drop_orphans: bool) -> int:
+        states = self._replay_file()
+        lines = [json.dumps(r, sort_keys=True).encode() + b"\n" for r in compacted(states)]
+        tmp, path = self.root / COMPACT_TMP, self.root / JOURNAL
+        with open(tmp, "wb") as f:
+            f.writelines(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.root)
+        self._journal.close()
+        self._journal = open(path, "ab", buffering=0)  # noqa: SIM115 - held open
+        self.compactions += 1
+        # a journal whose live part alone is near the bound is not rewritten at every line
+        self._compact_at = max(self.journal_max_bytes, 2 * sum(len(x) for x in lines))
+        if drop_orphans:  # at start only: no blob is being written now
+            self._drop_orphans(states)
+        return sum(len(x) for x in lines)
+
+    def _drop_orphans(self, states: dict[str, SeriesState]) -> None:
+        """Remove the blobs a kill left behind: instances of finished series and results
+        journalled delivered (a result of a dead-letter series is kept: --redeliver)."""
+        for p in self.blobs.glob("*.enc"):
+            kind, _, rest = p.name[: -len(".enc")].partition("-")
+            sid, _, tail = rest.partition("-")
+            st = states.get(sid)
+            if st is None and kind == "i":  # never journalled: its C-STORE was not answered
+                p.unlink(missing_ok=True)
+            if st is None or st.done is None:
+                continue
+            if kind == "i" or (kind == "r" and tail in st.delivered):
+                p.unlink(missing_ok=True)
 
     def records(self) -> Iterator[dict[str, Any]]:
         """The journal's complete lines, in order (a torn last line is skipped)."""
@@ -258,6 +314,10 @@ class Spool:
 
     def replay(self) -> dict[str, SeriesState]:
         """Every series' state from the journal."""
+        with self._lock:
+            return self._replay_file()
+
+    def _replay_file(self) -> dict[str, SeriesState]:
         out: dict[str, SeriesState] = {}
         for r in self.records():
             s = out.setdefault(r["s"], SeriesState(r["s"]))
@@ -278,3 +338,23 @@ class Spool:
     def close(self) -> None:
         """Close the journal."""
         self._journal.close()
+
+
+def compacted(states: dict[str, SeriesState]) -> Iterator[dict[str, Any]]:
+    """The journal records that replay to ``states`` (in the same series order): a finished
+    series keeps one line per delivered bundle id (or its final state), an open one its
+    received / grouped / inferred lines."""
+    for sid, s in states.items():
+        if s.done is not None:
+            for b in sorted(s.delivered):
+                yield {"e": "delivered", "s": sid, "b": b}
+            if s.done != "delivered":
+                yield {"e": s.done, "s": sid}
+            continue
+        for iid, f in s.instances.items():
+            yield {"e": "received", "s": sid, "i": iid, "f": f}
+        if s.grouped:
+            yield {"e": "grouped", "s": sid}
+        for b, f in s.results.items():
+            if b not in s.delivered:
+                yield {"e": "inferred", "s": sid, "b": b, "f": f}
