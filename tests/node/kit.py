@@ -173,8 +173,14 @@ class Orthanc:
             urllib.request.urlopen(req, timeout=30).read()
 
 
-def start_orthanc(folder: Path, modalities: dict[str, list[Any]]) -> Orthanc:
-    """Start Orthanc on 127.0.0.1 with a generated config (its own storage, no remote access)."""
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def start_orthanc(folder: Path, modalities: dict[str, list[Any]], *, dicomweb: bool = False,
+                  extra: dict[str, Any] | None = None) -> Orthanc:
+    """Start Orthanc on 127.0.0.1 with a generated config (its own storage, no remote access);
+    ``dicomweb``: load the DICOMweb plugin (Debian's orthanc-dicomweb) at ``/dicom-web/``;
+    ``extra``: more configuration keys (DICOM TLS, say)."""
     exe = shutil.which("Orthanc")
     if exe is None:
         pytest.skip("Orthanc is not installed (apt-get install orthanc; .ci/run installs it)")
@@ -186,7 +192,13 @@ def start_orthanc(folder: Path, modalities: dict[str, list[Any]]) -> Orthanc:
            "DicomModalities": modalities, "DicomCheckCalledAet": False,
            "DicomAlwaysAllowStore": True, "Plugins": [], "HttpsCACertificates": "",
            "ConcurrentJobs": 4, "StorageCompression": False, "LogExportedResources": False,
-           "DicomScuTimeout": 30, "DicomAssociationCloseDelay": 0}
+           "DicomScuTimeout": 30, "DicomAssociationCloseDelay": 0, **(extra or {})}
+    if dicomweb:
+        if not DICOMWEB_PLUGIN.is_file():
+            pytest.skip("Orthanc's DICOMweb plugin is not installed (apt-get install "
+                        "orthanc-dicomweb; .ci/run installs it)")
+        cfg["Plugins"] = [str(DICOMWEB_PLUGIN)]
+        cfg["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
     (folder / "orthanc.json").write_text(json.dumps(cfg))
     log = open(folder / "orthanc.log", "wb")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen([exe, str(folder / "orthanc.json")], stdout=log, stderr=log)
@@ -230,7 +242,8 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory, node_port: int) -> Iterato
 def node_toml(tmp: Path, model: Model, *, port: int, dest_port: int, extra: str = "",
               selection: str = "", retries: int = 2, backoff: float = 0.1,
               timeout: float = 1.0, max_bytes: int = 1 << 28, allowed: str = '"ORTHANC", '
-              '"SENDER", "SENDER2"', node_extra: str = "", workers: str = "") -> Path:
+              '"SENDER", "SENDER2"', node_extra: str = "", workers: str = "", dest_extra: str = "",
+              grouping: str = "") -> Path:
     """Write a node.toml for a test and return its path."""
     (tmp / "scratch").mkdir(parents=True, exist_ok=True)
     text = f"""
@@ -253,6 +266,7 @@ state_dir = "{model.state}"
 
 [grouping]
 timeout_s = {timeout}
+{grouping}
 
 [destination]
 ae_title = "{ORTHANC_AET}"
@@ -262,6 +276,7 @@ retries = {retries}
 backoff_s = {backoff}
 timeout_s = 10
 dead_letter = "dead"
+{dest_extra}
 
 [spool]
 dir = "spool"

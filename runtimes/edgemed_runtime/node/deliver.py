@@ -1,7 +1,9 @@
-"""Results to the destination: C-STORE (pynetdicom SCU) with retries and exponential backoff.
+"""Results to the destination: C-STORE (pynetdicom SCU, optionally over TLS) and / or
+DICOMweb STOW-RS (``stow.py``), with retries and exponential backoff.
 
-``Courier.send(data)`` sends one DICOM Part 10 instance (over a kept-open association per
-thread); ``with_retries`` calls it up to
+``Courier.send(data)`` sends one DICOM Part 10 instance by C-STORE (over a kept-open
+association per thread); ``Courier.sender(data)`` sends it by every configured way, each one
+once it succeeded (a retry sends only by the ways that failed); ``with_retries`` calls it up to
 ``retries + 1`` times (sleeping ``backoff_s * 2**attempt`` between) and reports the outcome;
 the caller moves what still failed to the dead-letter folder.
 """
@@ -16,6 +18,7 @@ from typing import Any, Callable
 
 from ._deps import pynetdicom
 from .config import DestinationConfig
+from .stow import client_context, stow
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,29 @@ class Courier:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._open: list[Any] = []
+        tls = dest.tls
+        self._tls = client_context(tls.ca, tls.cert, tls.key) if tls is not None else None
+        self._stow_tls = (client_context(dest.stow_ca) if dest.stow_url.startswith("https://")
+                          else None)
+
+    def sender(self, data: bytes) -> Callable[[], str]:
+        """A ``send`` for ``with_retries``: delivers ``data`` by each way of
+        ``destination.send_by``; '' once every way succeeded (each way succeeds once)."""
+        ways = {"c-store": lambda: self.send(data),
+                "stow-rs": lambda: stow(self.dest.stow_url, data, timeout_s=self.dest.timeout_s,
+                                        context=self._stow_tls)}
+        todo = list(self.dest.send_by)
+
+        def send() -> str:
+            errors = []
+            for way in list(todo):
+                err = ways[way]()
+                if err:
+                    errors.append(err)
+                else:
+                    todo.remove(way)
+            return "; ".join(errors)
+        return send
 
     def _association(self, sop: str, ts: str) -> Any:
         a = getattr(self._local, "assoc", None)
@@ -60,7 +86,12 @@ class Courier:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.dest.timeout_s
         for ctx in {(COMPREHENSIVE_SR, EXPLICIT_LE), (SEGMENTATION, EXPLICIT_LE), (sop, ts)}:
             ae.add_requested_context(*ctx)
-        a = ae.associate(self.dest.host, self.dest.port, ae_title=self.dest.ae_title)
+        tls_args = (self._tls, self.dest.host) if self._tls is not None else None
+        try:
+            a = ae.associate(self.dest.host, self.dest.port, ae_title=self.dest.ae_title,
+                             tls_args=tls_args)
+        except (OSError, ValueError):  # a TLS handshake refused (certificate, protocol)
+            return None
         if not a.is_established:
             return None
         self._local.assoc = a

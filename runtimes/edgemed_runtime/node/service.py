@@ -302,7 +302,7 @@ class Node:
         dest = self.cfg.destination
         payload = data if data is not None else self.spool.get(str(blob))
         t0 = time.monotonic()
-        res = with_retries(lambda: self.courier.send(payload),
+        res = with_retries(self.courier.sender(payload),
                            retries=dest.retries, backoff_s=dest.backoff_s, stop=self._halt)
         ms = round((time.monotonic() - t0) * 1000, 1)
         if not self._current(sid, token):
@@ -362,7 +362,7 @@ class Node:
             name = self.spool.move_in(p)
             sid, bundle_id = name[2:].split("-", 1)
             data = self.spool.get(name)
-            res = with_retries(lambda: self.courier.send(data),
+            res = with_retries(self.courier.sender(data),
                                retries=dest.retries, backoff_s=dest.backoff_s, stop=self._halt)
             if res.ok:
                 self.spool.log("delivered", s=sid, b=bundle_id)
