@@ -80,6 +80,7 @@ class Node:
         self.server: Any = None
         self.metrics_server: Any = None
         self._states: dict[str, SeriesState] = {}
+        self._redeliver_lock = threading.Lock()
 
     def _model_event(self, event: str, **fields: Any) -> None:
         self.metrics.inc("swaps" if event == "swapped" else "swaps_refused")
@@ -104,7 +105,10 @@ class Node:
         self._recover()
         for _ in range(self.cfg.workers):
             self._spawn_worker()
-        for target, name in ((self._grouper, "grouper"), (self._watchdog, "watchdog")):
+        loops = [(self._grouper, "grouper"), (self._watchdog, "watchdog")]
+        if self.cfg.destination.redeliver_s > 0:
+            loops.append((self._redeliverer, "redeliver"))
+        for target, name in loops:
             t = threading.Thread(target=target, name=f"edgemed-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -165,7 +169,20 @@ class Node:
             elif st.instances:
                 self.intake.restore(sid, st.instances, "open")
                 counts["open"] += 1
+        counts["dead_letter_restored"] = self._restore_dead_letters()
         self.audit.write("recovered", **counts)
+
+    def _restore_dead_letters(self) -> int:
+        """Results of dead-letter series that a kill left in the spool (mid-redelivery) go
+        back to the dead-letter folder; returns how many."""
+        n = 0
+        for p in sorted(self.spool.blobs.glob("r-*.enc")):
+            sid = p.name[2:].split("-", 1)[0]
+            st = self._states.get(sid)
+            if st is not None and st.done == "dead-letter":
+                self.spool.move_out(p.name[: -len(".enc")], self.cfg.destination.dead_letter)
+                n += 1
+        return n
 
     # -- grouping and the queue ----------------------------------------------------------
     def _grouper(self) -> None:
@@ -352,9 +369,32 @@ class Node:
             self._stuck.pop(sid, None)
 
     # -- dead letters --------------------------------------------------------------------
-    def redeliver_dead_letters(self) -> tuple[int, int]:
-        """Try every result in the dead-letter folder again (after the destination is back);
-        returns (delivered, still failing). A delivered one is journalled and removed."""
+    def _redeliverer(self) -> None:
+        """``destination.redeliver_s`` > 0: try the dead-letter folder every ``redeliver_s``
+        (one attempt per result); while results keep failing the wait doubles, up to 16 x."""
+        wait = self.cfg.destination.redeliver_s
+        while not self._halt.wait(wait):
+            folder = self.cfg.destination.dead_letter
+            if not (folder.is_dir() and any(folder.glob("r-*.enc"))):
+                wait = self.cfg.destination.redeliver_s
+                continue
+            try:
+                ok, bad = self.redeliver_dead_letters(retries=0)
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive one bad file
+                self.audit.write("worker-error", error=type(exc).__name__, where="redeliver")
+                ok, bad = 0, 1
+            self.audit.write("redelivery", delivered=ok, failing=bad)
+            wait = (self.cfg.destination.redeliver_s if not bad
+                    else min(wait * 2, 16 * self.cfg.destination.redeliver_s))
+
+    def redeliver_dead_letters(self, *, retries: int | None = None) -> tuple[int, int]:
+        """Try every result in the dead-letter folder again (after the destination is back),
+        each with ``retries`` (default: destination.retries); returns (delivered, still
+        failing). A delivered one is journalled and removed."""
+        with self._redeliver_lock:
+            return self._redeliver(self.cfg.destination.retries if retries is None else retries)
+
+    def _redeliver(self, retries: int) -> tuple[int, int]:
         ok = bad = 0
         folder = self.cfg.destination.dead_letter
         dest = self.cfg.destination
@@ -363,7 +403,7 @@ class Node:
             sid, bundle_id = name[2:].split("-", 1)
             data = self.spool.get(name)
             res = with_retries(self.courier.sender(data),
-                               retries=dest.retries, backoff_s=dest.backoff_s, stop=self._halt)
+                               retries=retries, backoff_s=dest.backoff_s, stop=self._halt)
             if res.ok:
                 self.spool.log("delivered", s=sid, b=bundle_id)
                 self.metrics.inc("delivered")
