@@ -116,6 +116,7 @@ class NodeConfig:
     selection: SeriesFilter = field(default_factory=SeriesFilter)
     group_timeout_s: float = 10.0
     group_by: str = "series"
+    group_on_association_end: bool = True
     late: str = "ack"
     workers: int = 2
     queue_size: int = 64
@@ -194,6 +195,15 @@ class _Reader:
 def _ae(key: str, v: str) -> str:
     if not (1 <= len(v) <= 16) or not v.isascii() or "\\" in v or v != v.strip():
         raise _bad(key, "an AE title: 1-16 ASCII characters, no backslash", v)
+    return v
+
+
+def _flag(r: _Reader, key: str, default: bool) -> bool:
+    v = r._get(key)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise _bad(r.prefix + key, "true or false", v)
     return v
 
 
@@ -313,7 +323,8 @@ def parse_config(data: Mapping[str, Any], base: Path) -> NodeConfig:
         spool=_spool(_table(data, "spool"), base),
         selection=series_filter(_table(data, "selection", False)),
         group_timeout_s=g.num("timeout_s", 10.0, lo=0.05, hi=86400, integer=False),
-        group_by=_choice(g, "by", ("series", "study")), late=_choice(g, "late", ("ack", "rerun")),
+        group_by=_choice(g, "by", ("series", "study")),
+        group_on_association_end=_flag(g, "association_end", True), late=_choice(g, "late", ("ack", "rerun")),
         workers=w.num("count", 2, lo=1, hi=64), queue_size=w.num("queue", 64, lo=1, hi=1 << 16),
         watchdog_s=w.num("watchdog_s", 300.0, lo=0.1, hi=86400, integer=False),
         drain_s=w.num("drain_s", 30.0, lo=0, hi=3600, integer=False),

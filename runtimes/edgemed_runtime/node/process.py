@@ -103,8 +103,36 @@ def _order(items: list[tuple[Path, "Dataset"]]) -> list[tuple[Path, "Dataset"]]:
     return sorted(items, key=key)
 
 
+def _group_uid(evidence: Sequence["Dataset"], level: str) -> str:
+    """The UID the result's UIDs derive from: the series', or (study level) the study's."""
+    if level == "study":
+        return f"study:{evidence[0].StudyInstanceUID}"
+    return str(evidence[0].SeriesInstanceUID)
+
+
+def _select(rules: SeriesFilter, good: list[tuple[Path, "Dataset"]],
+            level: str) -> tuple[list[tuple[Path, "Dataset"]], str | None]:
+    """The instances that run and, when none does, why. Series level: the series as a whole;
+    study level: each series of the study on its own, the accepted ones run together."""
+    if level != "study":
+        reason = rejection(rules, [ds for _, ds in good])
+        return ([] if reason else good), reason
+    by_series: dict[str, list[tuple[Path, "Dataset"]]] = {}
+    for item in good:
+        by_series.setdefault(str(item[1].SeriesInstanceUID), []).append(item)
+    kept: list[tuple[Path, "Dataset"]] = []
+    reasons = []
+    for items in by_series.values():
+        reason = rejection(rules, [ds for _, ds in items])
+        if reason is None:
+            kept += items
+        else:
+            reasons.append(reason)
+    return kept, (None if kept else "; ".join(sorted(set(reasons)))[:300])
+
+
 def _classification(result: SeriesResult, evidence: list["Dataset"], model: Loaded,
-                    device_uid: str) -> bytes:
+                    device_uid: str, level: str = "series") -> bytes:
     from ..outputs.sr import Finding, ModelInfo, classification_sr, sr_bytes
 
     findings = []
@@ -114,7 +142,7 @@ def _classification(result: SeriesResult, evidence: list["Dataset"], model: Load
         k = max(range(len(r.probabilities)), key=lambda j: r.probabilities[j])  # type: ignore[index]
         findings.append(Finding(r.index, result.labels[k], r.probabilities[k],
                                 whole_series=result.whole_series))
-    series_uid, sop_uid = result_uids(str(evidence[0].SeriesInstanceUID), model.bundle_id)
+    series_uid, sop_uid = result_uids(_group_uid(evidence, level), model.bundle_id)
     ds = classification_sr(evidence, findings, ModelInfo(model.name, model.version,
                                                          model.bundle_id),
                            series_uid=series_uid, sop_uid=sop_uid, device_uid=device_uid)
@@ -132,8 +160,10 @@ def _segmentation(result: SeriesResult, model: Loaded) -> bytes:
 
 
 def process_series(spool: Spool, blobs: Sequence[str], model: Loaded, *,
-                   rules: SeriesFilter, scratch: Path, device_uid: str) -> Outcome:
-    """Run one series (its spooled instance blobs) and return the outcome.
+                   rules: SeriesFilter, scratch: Path, device_uid: str,
+                   level: str = "series") -> Outcome:
+    """Run one series, or one study (``level``), from its spooled instance blobs and return
+    the outcome.
 
     Raises:
         nothing for bad input (it is the outcome); OSError only when scratch cannot be made.
@@ -147,9 +177,11 @@ def process_series(spool: Spool, blobs: Sequence[str], model: Loaded, *,
             p.write_bytes(spool.get(blob))
             files.append(p)
         good, bad = _headers(files)
-        reason = rejection(rules, [ds for _, ds in good]) if good else "no readable instance"
+        if not good:
+            return Outcome("failed", "no readable instance", errors=bad)
+        good, reason = _select(rules, good, level)
         if reason is not None:
-            return Outcome("skipped" if good else "failed", reason, errors=bad)
+            return Outcome("skipped", reason, errors=bad)
         good = _order(good)
         try:
             result = infer_series(model.session, [f for f, _ in good])
@@ -161,7 +193,7 @@ def process_series(spool: Spool, blobs: Sequence[str], model: Loaded, *,
         if not result.analysed:
             return Outcome("failed", ",".join(sorted(result.errors)) or "no result",
                            errors=bad + len(good))
-        data = _classification(result, [ds for _, ds in good], model, device_uid)
+        data = _classification(result, [ds for _, ds in good], model, device_uid, level)
         return Outcome("inferred", result=data, analysed=result.analysed,
                        errors=bad + len(good) - result.analysed)
     except InvalidInputError as exc:

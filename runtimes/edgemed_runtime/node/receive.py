@@ -41,17 +41,23 @@ class Live:
 
 
 class Intake:
-    """Live series, the C-STORE handler and the grouping rule.
+    """Live series (or studies), the C-STORE handler and the grouping rule.
 
     Args:
         spool, audit, metrics: the node's.
         timeout_s: the inactivity timeout.
         on_grouped: called with a series id once it is grouped (the worker queue).
+        group_by: "series", or "study" (a group is then a whole study, named by the hash of
+            its Study Instance UID; the same timeout and association-end rules).
+        on_association_end: False: only the timeout completes a group (senders that send
+            each series of a study over its own association).
     """
 
     def __init__(self, spool: Spool, audit: AuditLog, metrics: Metrics, timeout_s: float,
-                 on_grouped: Callable[[str], None]) -> None:
+                 on_grouped: Callable[[str], None], *, group_by: str = "series",
+                 on_association_end: bool = True) -> None:
         self.spool, self.audit, self.metrics = spool, audit, metrics
+        self.group_by, self.on_association_end = group_by, on_association_end
         self.timeout_s = timeout_s
         self.on_grouped = on_grouped
         self.lock = threading.Lock()
@@ -78,7 +84,8 @@ class Intake:
         caller = str(event.assoc.requestor.ae_title).strip()
         try:
             ds = event.dataset
-            series_uid = str(ds.SeriesInstanceUID)
+            series_uid = str(ds.StudyInstanceUID if self.group_by == "study"
+                             else ds.SeriesInstanceUID)
             sop_uid = str(event.request.AffectedSOPInstanceUID)
             data = event.encoded_dataset()
         except Exception:  # noqa: BLE001 - pydicom raises many types on a malformed dataset
@@ -116,7 +123,8 @@ class Intake:
             for live in self.series.values():
                 if assoc in live.assocs:
                     live.assocs.discard(assoc)
-                    if not live.assocs and not live.pending and live.phase == "open":
+                    if not live.assocs and not live.pending and live.phase == "open" \
+                            and self.on_association_end:
                         ready.append(live)
         for live in ready:
             self._group(live)

@@ -66,7 +66,8 @@ class Node:
         self.model = ModelHolder(config.model, self._model_event, passphrase)
         self._ready: list[str] = []
         self.intake = Intake(self.spool, self.audit, self.metrics, config.group_timeout_s,
-                             self._ready.append)
+                             self._ready.append, group_by=config.group_by,
+                             on_association_end=config.group_on_association_end)
         self.courier = Courier(config.destination, config.scp.ae_title)
         self.device_uid = generate_uid(entropy_srcs=[config.scp.ae_title, "edgemed-node"])
         self._stop = threading.Event()
@@ -283,7 +284,8 @@ class Node:
         t0 = time.monotonic()
         with self.model.lease() as m:
             out = process_series(self.spool, blobs, m, rules=self.cfg.selection,
-                                 scratch=self.cfg.spool.scratch_dir, device_uid=self.device_uid)
+                                 scratch=self.cfg.spool.scratch_dir, device_uid=self.device_uid,
+                                 level=self.cfg.group_by)
             bundle_id = m.bundle_id
         if not self._current(sid, token):
             return
