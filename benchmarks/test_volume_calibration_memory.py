@@ -6,7 +6,8 @@ Issue 15's bar: ``edgemed.volumes.sample_volume_calibration`` (count 64) over 20
 within 10% of the same call over 20 of them. 200 synthetic CT series (32 x 64 x 64 stored,
 varied spacing and orientation) are written once for the run; the first 20 are copied with their
 ``labels.csv`` rows into a second folder. Each call runs in a fresh child process that reads its
-own peak (``VmHWM``; ``ru_maxrss`` too) and the RSS after its imports. The model is a
+own peak (``VmHWM``; ``ru_maxrss`` would carry the parent's peak across the fork) and the RSS
+after its imports. The model is a
 sliding-window one (ROI 16^3 crops), so both calls return the same 64 x 1 x 16^3 samples and
 differ only in the series they index and read (20 vs 64). Beyond the bar as written (whole
 process peak), what the call adds to the process after its imports may grow by at most 10% plus
@@ -42,7 +43,7 @@ SPEC = rt.VolumeSpec(axcodes="RAS", spacing=(1.6, 1.6, 2.5), intensity=(-200.0, 
 PEAK_BAR = 0.10
 
 CHILD = r'''
-import json, re, resource, sys
+import json, re, sys
 cfg = json.loads(sys.argv[1])
 def mem(key):
     return int(re.search(key + r":\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
@@ -55,7 +56,6 @@ after_imports = mem("VmRSS")
 cal = sample_volume_calibration(cfg["root"], io, spec, inference=inf, count=cfg["count"],
                                 seed=cfg["seed"])
 print(json.dumps({"after_imports": after_imports, "peak": mem("VmHWM"), "total": cal.total,
-                  "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   "sha256": cal.sha256, "shape": list(cal.x.shape)}))
 '''
 
