@@ -118,6 +118,7 @@ class NodeConfig:
     group_by: str = "series"
     group_on_association_end: bool = True
     late: str = "ack"
+    late_window_s: float = 86400.0
     workers: int = 2
     queue_size: int = 64
     watchdog_s: float = 300.0
@@ -325,6 +326,7 @@ def parse_config(data: Mapping[str, Any], base: Path) -> NodeConfig:
         group_timeout_s=g.num("timeout_s", 10.0, lo=0.05, hi=86400, integer=False),
         group_by=_choice(g, "by", ("series", "study")),
         group_on_association_end=_flag(g, "association_end", True), late=_choice(g, "late", ("ack", "rerun")),
+        late_window_s=g.num("late_window_s", 86400.0, lo=1, hi=30 * 86400, integer=False),
         workers=w.num("count", 2, lo=1, hi=64), queue_size=w.num("queue", 64, lo=1, hi=1 << 16),
         watchdog_s=w.num("watchdog_s", 300.0, lo=0.1, hi=86400, integer=False),
         drain_s=w.num("drain_s", 30.0, lo=0, hi=3600, integer=False),

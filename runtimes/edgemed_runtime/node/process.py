@@ -132,7 +132,7 @@ def _select(rules: SeriesFilter, good: list[tuple[Path, "Dataset"]],
 
 
 def _classification(result: SeriesResult, evidence: list["Dataset"], model: Loaded,
-                    device_uid: str, level: str = "series") -> bytes:
+                    device_uid: str, level: str = "series", version: int = 1) -> bytes:
     from ..outputs.sr import Finding, ModelInfo, classification_sr, sr_bytes
 
     findings = []
@@ -142,18 +142,20 @@ def _classification(result: SeriesResult, evidence: list["Dataset"], model: Load
         k = max(range(len(r.probabilities)), key=lambda j: r.probabilities[j])  # type: ignore[index]
         findings.append(Finding(r.index, result.labels[k], r.probabilities[k],
                                 whole_series=result.whole_series))
-    series_uid, sop_uid = result_uids(_group_uid(evidence, level), model.bundle_id)
+    key = _group_uid(evidence, level) + ("" if version == 1 else f"#v{version}")
+    series_uid, sop_uid = result_uids(key, model.bundle_id)
     ds = classification_sr(evidence, findings, ModelInfo(model.name, model.version,
                                                          model.bundle_id),
                            series_uid=series_uid, sop_uid=sop_uid, device_uid=device_uid)
     return sr_bytes(ds)
 
 
-def _segmentation(result: SeriesResult, model: Loaded) -> bytes:
+def _segmentation(result: SeriesResult, model: Loaded, version: int = 1) -> bytes:
     from ..outputs.seg import seg_bytes
 
     seg = result.segmentation
-    series_uid, sop_uid = result_uids(str(seg.source.series_uid), model.bundle_id)
+    key = str(seg.source.series_uid) + ("" if version == 1 else f"#v{version}")
+    series_uid, sop_uid = result_uids(key, model.bundle_id)
     return seg_bytes(seg.labels, seg.source, label_names=tuple(seg.label_names),
                      algorithm=(model.name, model.version or "0"), series_uid=series_uid,
                      sop_uid=sop_uid, software_version=f"bundle {model.bundle_id}"[:64])
@@ -161,7 +163,7 @@ def _segmentation(result: SeriesResult, model: Loaded) -> bytes:
 
 def process_series(spool: Spool, blobs: Sequence[str], model: Loaded, *,
                    rules: SeriesFilter, scratch: Path, device_uid: str,
-                   level: str = "series") -> Outcome:
+                   level: str = "series", version: int = 1) -> Outcome:
     """Run one series, or one study (``level``), from its spooled instance blobs and return
     the outcome.
 
@@ -188,12 +190,13 @@ def process_series(spool: Spool, blobs: Sequence[str], model: Loaded, *,
         except EdgemedError as exc:
             return Outcome("failed", exc.code, errors=bad + len(good))
         if result.kind == "segmentation":
-            return Outcome("inferred", result=_segmentation(result, model),
+            return Outcome("inferred", result=_segmentation(result, model, version),
                            analysed=len(good), errors=bad)
         if not result.analysed:
             return Outcome("failed", ",".join(sorted(result.errors)) or "no result",
                            errors=bad + len(good))
-        data = _classification(result, [ds for _, ds in good], model, device_uid, level)
+        data = _classification(result, [ds for _, ds in good], model, device_uid, level,
+                               version)
         return Outcome("inferred", result=data, analysed=result.analysed,
                        errors=bad + len(good) - result.analysed)
     except InvalidInputError as exc:

@@ -38,6 +38,9 @@ class Live:
     last: float = field(default_factory=time.monotonic)
     last_wall: float = field(default_factory=time.time)
     callers: set[str] = field(default_factory=set)
+    version: int = 1
+    keep_until: float = 0.0  # done and kept for a re-run until this wall time
+    late_pending: bool = False  # a late instance came while the series was processed
 
 
 class Intake:
@@ -55,9 +58,10 @@ class Intake:
 
     def __init__(self, spool: Spool, audit: AuditLog, metrics: Metrics, timeout_s: float,
                  on_grouped: Callable[[str], None], *, group_by: str = "series",
-                 on_association_end: bool = True) -> None:
+                 on_association_end: bool = True, late: str = "ack") -> None:
         self.spool, self.audit, self.metrics = spool, audit, metrics
         self.group_by, self.on_association_end = group_by, on_association_end
+        self.late = late
         self.timeout_s = timeout_s
         self.on_grouped = on_grouped
         self.lock = threading.Lock()
@@ -71,13 +75,19 @@ class Intake:
             live = self.series.setdefault(sid, Live(sid))
             if iid in live.instances or iid in live.pending:
                 return "duplicate"
-            if live.phase != "open":
+            verdict = "new"
+            if live.phase == "done" and self.late == "rerun" and live.instances:
+                live.phase, live.version, live.keep_until = "open", live.version + 1, 0.0
+                live.late_pending, verdict = False, "reopen"
+            elif live.phase == "grouped" and self.late == "rerun":
+                live.late_pending, verdict = True, "held"
+            elif live.phase != "open":
                 return "late"
             live.pending.add(iid)
             live.assocs.add(assoc)
             live.callers.add(caller)
             live.last = time.monotonic()
-            return "new"
+            return verdict
 
     def store(self, event: Any) -> int:
         """The EVT_C_STORE handler: spool, journal, then answer."""
@@ -93,7 +103,9 @@ class Intake:
             return CANNOT_UNDERSTAND
         sid, iid = self.spool.uid_hash(series_uid), self.spool.uid_hash(sop_uid)
         verdict = self._admit(sid, iid, id(event.assoc), caller)
-        if verdict != "new":
+        if verdict == "reopen":
+            self._reopened(sid)
+        if verdict not in ("new", "reopen", "held"):
             self.metrics.inc("duplicates" if verdict == "duplicate" else "late")
             self.audit.write(f"{verdict}-instance", series=sid, calling_ae=caller)
             return SUCCESS
@@ -101,6 +113,8 @@ class Intake:
         try:
             self.spool.put(blob, data)
             self.spool.log("received", s=sid, i=iid, f=blob)
+            if verdict == "held":
+                self.spool.log("late", s=sid)
         except SpoolFullError as exc:
             with self.lock:
                 self.series[sid].pending.discard(iid)
@@ -150,29 +164,69 @@ class Intake:
                          calling_ae=",".join(sorted(live.callers)))
         self.on_grouped(live.sid)
 
-    def restore(self, sid: str, instances: dict[str, str], phase: str) -> Live:
+    def _reopened(self, sid: str) -> None:
+        with self.lock:
+            v = self.series[sid].version
+        self.spool.log("reopened", s=sid, v=v)
+        self.metrics.inc("late")
+        self.audit.write("reopened", series=sid, version=v)
+
+    def version(self, sid: str) -> int:
+        """The series' version (1, then + 1 per re-opening by late instances)."""
+        with self.lock:
+            return self.series[sid].version if sid in self.series else 1
+
+    def expired(self, now: float) -> list[tuple[str, list[str]]]:
+        """Finished series whose kept instances are past their window: (id, blob names);
+        forgotten here (the caller deletes the blobs and journals ``purged``)."""
+        out = []
+        with self.lock:
+            for live in self.series.values():
+                if live.phase == "done" and live.keep_until and now > live.keep_until:
+                    out.append((live.sid, list(live.instances.values())))
+                    live.instances, live.keep_until = {}, 0.0
+        return out
+
+    def restore(self, sid: str, instances: dict[str, str], phase: str, *, version: int = 1,
+                keep_until: float = 0.0) -> Live:
         """Put a series replayed from the journal back (phase open: the timeout re-arms)."""
-        live = Live(sid, instances=dict(instances), phase=phase)
+        live = Live(sid, instances=dict(instances), phase=phase, version=version,
+                    keep_until=keep_until)
         with self.lock:
             self.series[sid] = live
             if phase == "done":
                 self._done.append(sid)
         return live
 
-    def finish(self, sid: str) -> None:
+    def finish(self, sid: str, keep_until: float = 0.0) -> bool:
         """Mark a series done: its instances are forgotten (their blobs are gone; a re-send is
-        'late', acknowledged and not run again); the last ``DONE_KEEP`` done series are kept."""
+        'late', acknowledged and not run again), or with ``keep_until`` kept for a re-run
+        until then; the last ``DONE_KEEP`` done series are remembered. Returns True when the
+        series was re-opened at once (a late instance came while it was processed)."""
         with self.lock:
             live = self.series.get(sid)
             if live is None or live.phase == "done":
-                return
+                return False
+            if keep_until and live.late_pending:
+                live.phase, live.version, live.late_pending = "open", live.version + 1, False
+                live.last, live.assocs = time.monotonic(), set()
+                reopen = True
+            else:
+                reopen = False
+        if reopen:
+            self._reopened(sid)
+            return True
+        with self.lock:
             live.phase = "done"
-            live.instances, live.callers, live.assocs = {}, set(), set()
+            live.callers, live.assocs, live.keep_until = set(), set(), keep_until
+            if not keep_until:
+                live.instances = {}
             self._done.append(sid)
             while len(self._done) > DONE_KEEP:
                 old = self._done.popleft()
                 if old in self.series and self.series[old].phase == "done":
                     del self.series[old]
+        return False
 
     def snapshot(self, sid: str) -> tuple[list[str], float]:
         """(blob names in the order received, wall time of the last instance) of a series."""

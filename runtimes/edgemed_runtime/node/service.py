@@ -67,7 +67,8 @@ class Node:
         self._ready: list[str] = []
         self.intake = Intake(self.spool, self.audit, self.metrics, config.group_timeout_s,
                              self._ready.append, group_by=config.group_by,
-                             on_association_end=config.group_on_association_end)
+                             on_association_end=config.group_on_association_end,
+                             late=config.late)
         self.courier = Courier(config.destination, config.scp.ae_title)
         self.device_uid = generate_uid(entropy_srcs=[config.scp.ae_title, "edgemed-node"])
         self._stop = threading.Event()
@@ -138,6 +139,7 @@ class Node:
         self._halt.set()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
+            self.metrics_server.server_close()  # the port is free for a restart at once
         for t in self._threads:
             t.join(timeout=5)
         self.courier.close()
@@ -161,14 +163,20 @@ class Node:
         counts = {"open": 0, "queued": 0, "deliver": 0,
                   "scratch_removed": clean_scratch(self.cfg.spool.scratch_dir)}
         for sid, st in self._states.items():
-            if st.done is not None:
-                self.intake.restore(sid, {}, "done")
+            v = st.version
+            if st.done is not None and st.kept_until and st.late and self.cfg.late == "rerun":
+                self.spool.log("reopened", s=sid, v=v + 1)  # a late instance, then a kill
+                self.intake.restore(sid, st.instances, "open", version=v + 1)
+                counts["open"] += 1
+            elif st.done is not None:
+                kept = st.instances if st.kept_until else {}
+                self.intake.restore(sid, kept, "done", version=v, keep_until=st.kept_until)
             elif st.grouped:
-                self.intake.restore(sid, st.instances, "grouped")
+                self.intake.restore(sid, st.instances, "grouped", version=v)
                 self._ready.append(sid)
                 counts["deliver" if st.results else "queued"] += 1
             elif st.instances:
-                self.intake.restore(sid, st.instances, "open")
+                self.intake.restore(sid, st.instances, "open", version=v)
                 counts["open"] += 1
         counts["dead_letter_restored"] = self._restore_dead_letters()
         self.audit.write("recovered", **counts)
@@ -190,6 +198,10 @@ class Node:
         period = max(0.02, min(0.25, self.cfg.group_timeout_s / 4))
         while not self._halt.is_set():
             self.intake.tick()
+            for sid, blobs in self.intake.expired(time.time()):
+                for b in blobs:
+                    self.spool.delete(b)
+                self.spool.log("purged", s=sid)
             while self._ready and not self._halt.is_set():
                 try:
                     self.queue.put(self._ready[0], timeout=period)
@@ -282,11 +294,13 @@ class Node:
         self.model.maybe_swap()
         blobs, _ = self.intake.snapshot(sid)
         t0 = time.monotonic()
+        version = self.intake.version(sid)
         with self.model.lease() as m:
             out = process_series(self.spool, blobs, m, rules=self.cfg.selection,
                                  scratch=self.cfg.spool.scratch_dir, device_uid=self.device_uid,
-                                 level=self.cfg.group_by)
-            bundle_id = m.bundle_id
+                                 level=self.cfg.group_by, version=version)
+            # a re-run (late instances) is a new result: its own journal key and UIDs
+            bundle_id = m.bundle_id if version == 1 else f"{m.bundle_id}.v{version}"
         if not self._current(sid, token):
             return
         ms = round((time.monotonic() - t0) * 1000, 1)
@@ -361,10 +375,15 @@ class Node:
             self.spool.log(event, s=sid, **fields)
 
     def _cleanup(self, sid: str, blobs: list[str]) -> None:
-        for b in blobs:
-            if b:
-                self.spool.delete(b)
-        self.intake.finish(sid)
+        if self.cfg.late == "rerun":  # instances kept for a re-run by late instances
+            until = round(time.time() + self.cfg.late_window_s, 1)
+            self.spool.log("retained", s=sid, until=until)
+            self.intake.finish(sid, keep_until=until)
+        else:
+            for b in blobs:
+                if b:
+                    self.spool.delete(b)
+            self.intake.finish(sid)
         with self._lock:  # nothing of a finished series stays in memory here
             self._states.pop(sid, None)
             self._tokens.pop(sid, None)

@@ -98,6 +98,9 @@ class SeriesState:
     done: str | None = None  # skipped / failed / delivered / dead-letter
     results: dict[str, str] = field(default_factory=dict)  # bundle id -> result blob
     delivered: set[str] = field(default_factory=set)  # bundle ids
+    version: int = 1  # > 1: re-opened by late instances (grouping.late = "rerun")
+    kept_until: float = 0.0  # wall time: a finished series' instances kept for a re-run
+    late: bool = False  # a late instance arrived while the series was being processed
 
 
 class Spool:
@@ -296,7 +299,7 @@ class Spool:
             st = states.get(sid)
             if st is None and kind == "i":  # never journalled: its C-STORE was not answered
                 p.unlink(missing_ok=True)
-            if st is None or st.done is None:
+            if st is None or st.done is None or (kind == "i" and st.kept_until):
                 continue
             if kind == "i" or (kind == "r" and tail in st.delivered):
                 p.unlink(missing_ok=True)
@@ -333,6 +336,8 @@ class Spool:
                 s.done = "delivered"
             elif e in ("skipped", "failed", "dead-letter"):
                 s.done = e
+            else:
+                _replay_rerun(s, r)
         return out
 
     def close(self) -> None:
@@ -340,16 +345,43 @@ class Spool:
         self._journal.close()
 
 
+def _replay_rerun(s: SeriesState, r: dict[str, Any]) -> None:
+    """The journal events of ``grouping.late = "rerun"``: retained, purged, late, reopened."""
+    e = r["e"]
+    if e == "retained":
+        s.kept_until = float(r["until"])
+    elif e == "purged":
+        s.kept_until, s.instances = 0.0, {}
+    elif e == "late":
+        s.late = True
+    elif e == "reopened":
+        s.version, s.done, s.grouped, s.late = int(r["v"]), None, False, False
+        s.results, s.delivered, s.kept_until = {}, set(), 0.0
+
+
+def _rerun_lines(sid: str, s: SeriesState) -> Iterator[dict[str, Any]]:
+    if s.version > 1:
+        yield {"e": "reopened", "s": sid, "v": s.version}
+    if s.done is not None and s.kept_until:
+        for iid, f in s.instances.items():
+            yield {"e": "received", "s": sid, "i": iid, "f": f}
+
+
 def compacted(states: dict[str, SeriesState]) -> Iterator[dict[str, Any]]:
     """The journal records that replay to ``states`` (in the same series order): a finished
     series keeps one line per delivered bundle id (or its final state), an open one its
     received / grouped / inferred lines."""
     for sid, s in states.items():
+        yield from _rerun_lines(sid, s)
         if s.done is not None:
             for b in sorted(s.delivered):
                 yield {"e": "delivered", "s": sid, "b": b}
             if s.done != "delivered":
                 yield {"e": s.done, "s": sid}
+            if s.kept_until:
+                yield {"e": "retained", "s": sid, "until": s.kept_until}
+            if s.late:
+                yield {"e": "late", "s": sid}
             continue
         for iid, f in s.instances.items():
             yield {"e": "received", "s": sid, "i": iid, "f": f}
