@@ -178,6 +178,11 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON "
                                      "document on stdout (progress goes to stderr)."),
         no_ceilings: bool = typer.Option(False, "--no-ceilings", help="Skip the GEMM ceilings."),
+        ray: Optional[str] = typer.Option(None, "--ray", help="Ray cluster (host:port | auto): "
+                                          "time the bundle on every device carrying --target "
+                                          "(one row per device, docs/ray.md)."),
+        html: Optional[Path] = typer.Option(None, "--html", help="With --ray: write the fleet's "
+                                            "HTML report here."),
     ) -> None:
         """Time SOURCE: cold start, warm latency, throughput, memory, end to end; peers; ratios.
 
@@ -188,6 +193,12 @@ def register(app: typer.Typer) -> None:
         from edgemed.bench.runner import BenchConfig
 
         with handle_errors(as_json):
+            if ray is not None:  # fleet benchmark (edgemed.distributed.fleet)
+                from edgemed.distributed.fleet_cli import run_fleet
+
+                run_fleet(source, ray=ray, target=target, runs=runs, warmup=warmup,
+                          threads=threads, save=save, html=html, as_json=as_json)
+                return
             cfg = BenchConfig(threads=threads, runs=runs, warmup=warmup, block=block, settle=settle,
                               processes=processes,
                               cold_processes=cold, batch_sizes=_ints(batch, "--batch"))

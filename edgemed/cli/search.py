@@ -70,6 +70,12 @@ def register(app: typer.Typer) -> None:
             None, "--max-accuracy-drop", help="an absolute limit on top of non-inferiority"),
         margin: float = typer.Option(0.05, "--margin", help="non-inferiority margin"),
         seed: int = typer.Option(0, "--seed"),
+        ray: Optional[str] = typer.Option(None, "--ray", help="Ray cluster (host:port | auto): "
+                                          "time each trial on a device carrying --target"),
+        target: Optional[str] = typer.Option(None, "--target", help="with --ray: the target "
+                                             "whose devices (target:NAME resource) time trials"),
+        ray_wait: float = typer.Option(60.0, "--ray-wait", help="seconds a trial waits for "
+                                       "such a device to join before it fails"),
         as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     ) -> None:
         """Search compression settings (Optuna) under the accuracy gate; resumable."""
@@ -90,6 +96,7 @@ def register(app: typer.Typer) -> None:
                                         found=objective)
             cfg = SearchConfig(strategy=strategy, objective=objective, trials=trials,  # type: ignore[arg-type]
                                storage=storage, study_name=study_name, seed=seed,
+                               ray=ray, target=target, ray_wait_s=ray_wait,
                                gate=GateConfig(max_accuracy_drop=max_accuracy_drop,
                                                non_inferiority_margin=margin))
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(),

@@ -50,6 +50,9 @@ class SearchConfig(Strict):
     keep_models: bool = True
     gradcam: bool = True
     min_gradcam_similarity: float = Field(0.5, ge=-1, le=1)
+    ray: str | None = None  # a Ray cluster (host:port | auto): latency timed on a target node
+    target: str | None = None  # whose ``target:<name>`` resource the latency node must carry
+    ray_wait_s: float = Field(60.0, ge=0)  # how long a trial waits for such a node to join
 
 
 @dataclass
@@ -254,8 +257,16 @@ class _Evaluator:
         build_s = time.perf_counter() - t0
         logits = _logits(art.model_path, self.task.val[0], self.cfg.threads)
         gate = run_gate(self.ref_logits, logits, self.task.val[1], self.cfg.gate)
-        lat = _latency({"cand": art.model_path, "ref": self.ref_path}, self.x1, self.cfg.threads,
-                       self.cfg.timing_runs)
+        where: dict[str, Any] = {}
+        if self.cfg.ray:  # on a device carrying the target's resource (edgemed.distributed)
+            from ..distributed.scheduling import remote_latency
+
+            lat, where = remote_latency({"cand": art.model_path, "ref": self.ref_path}, self.x1,
+                                        target=str(self.cfg.target), threads=self.cfg.threads,
+                                        runs=self.cfg.timing_runs, wait_s=self.cfg.ray_wait_s)
+        else:
+            lat = _latency({"cand": art.model_path, "ref": self.ref_path}, self.x1,
+                           self.cfg.threads, self.cfg.timing_runs)
         data = art.model_path.read_bytes()
         size_z = compressed_size(data)
         ref_m, cand_m = gate.reference, gate.candidate
@@ -268,7 +279,7 @@ class _Evaluator:
                "latency_ratio": lat["cand"] / lat["ref"], "size_bytes": len(data),
                "size_zlib_bytes": size_z, "size_ratio": size_z / self.ref_size,
                "macs": macs, "build_seconds": round(build_s, 2),
-               "chain": [n for n, _ in steps], "constraint": float(constraint)}
+               "chain": [n for n, _ in steps], "constraint": float(constraint), **where}
         keep = self.out / "trials" / f"trial-{number:04d}"
         if self.cfg.gradcam:
             keep.mkdir(parents=True, exist_ok=True)
@@ -316,6 +327,14 @@ def run_search(task: SearchTask, cfg: SearchConfig, out: str | Path, *,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     storage = cfg.storage or default_storage(out)
+    if cfg.ray:
+        from ..distributed.cluster import connect
+
+        if not cfg.target:
+            raise InvalidInputError("a search on Ray needs the target whose devices time it",
+                                    expected="--target NAME", found="no target",
+                                    code="needs-target")
+        connect(cfg.ray)
     study = open_study(cfg, storage)
     finished = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=finished))
@@ -367,6 +386,10 @@ def _optimize(study: Any, ev: _Evaluator, cfg: SearchConfig, *, n_trials: int,
     finished = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
     def objective(trial: Any) -> float:
+        if trial.number >= cfg.trials:  # another worker sharing the study took the last one
+            study.stop()
+            raise EdgemedError("surplus trial: the study already has its trials",
+                               code="surplus-trial")
         params = suggest(trial, cfg.space)
         row = ev.evaluate(params, trial.number)
         for k, v in row.items():
@@ -383,5 +406,9 @@ def _optimize(study: Any, ev: _Evaluator, cfg: SearchConfig, *, n_trials: int,
                                      "value": trial.value, **trial.params,
                                      **trial.user_attrs})
 
+    from optuna.study import MaxTrialsCallback
+
+    # several workers may share the study: stop once it holds cfg.trials (running ones count)
+    stop = MaxTrialsCallback(cfg.trials, states=(*finished, TrialState.RUNNING))
     study.optimize(objective, n_trials=n_trials, catch=(EdgemedError,),
-                   callbacks=[callback], gc_after_trial=True)
+                   callbacks=[callback, stop], gc_after_trial=True)

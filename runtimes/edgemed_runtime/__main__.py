@@ -278,6 +278,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    from .agent import run_agent
+
+    return run_agent(args)
+
+
 def _json_arg(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--json", action="store_true",
                     help="print one JSON document (for scripts) instead of tables")
@@ -313,6 +319,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("config", help="node.toml (see docs/node.md)")
     s.add_argument("--redeliver", action="store_true",
                    help="first try the dead-letter folder's results again")
+    from .agent import add_agent_parser
+
+    add_agent_parser(sub)
     return ap
 
 
@@ -322,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return {"info": cmd_info, "verify": cmd_verify, "run": cmd_run,
-                "serve": cmd_serve}[args.command](args)
+                "serve": cmd_serve, "agent": cmd_agent}[args.command](args)
     except EdgemedError as exc:
         _show(args, {"ok": False, "error": exc.to_dict()}, "")
         if not getattr(args, "json", False):
