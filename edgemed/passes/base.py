@@ -138,6 +138,8 @@ _REGISTRY: dict[str, str] = {
     "convert_openvino": "edgemed.passes.convert_openvino:ConvertOpenVino",
     "subpixel_deconv": "edgemed.passes.subpixel_deconv:SubpixelDeconv",
     "ort_format": "edgemed.passes.ort_format:OrtFormat",
+    "executorch_xnnpack": "edgemed.passes.executorch:ExecuTorchXnnpack",
+    "litert": "edgemed.passes.litert:LiteRtConvert",
     "fp16": "edgemed.passes.fp16:Fp16",
     "tensorrt_recipe": "edgemed.passes.tensorrt:TensorRtRecipePass",
     "prune_unstructured": "edgemed.passes.prune_unstructured:PruneUnstructured",

@@ -23,7 +23,7 @@ from .volume.spec import VolumeSpec
 
 ARTIFACT_FILE = "artifact.json"
 ARTIFACT_VERSION = 1
-FORMATS = ("torch", "onnx", "onnx-qdq", "openvino-ir", "ort", "trt-plan-recipe")
+FORMATS = ("torch", "onnx", "onnx-qdq", "openvino-ir", "ort", "trt-plan-recipe", "pte", "tflite")
 
 
 @dataclass(frozen=True)

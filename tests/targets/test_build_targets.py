@@ -64,7 +64,7 @@ def test_mobile_target_records_coverage(tmp_path: Path, trained_tiny: Any, synth
                                         spec16: Any) -> None:
     art = _build(tmp_path, trained_tiny, synthetic_dir, spec16, "mobile-android")
     assert art.format == "ort" and art.model_path.read_bytes()[4:8] == b"ORTM"
-    assert art.backend_options["providers"] == ["nnapi", "xnnpack", "cpu"]
+    assert art.backend_options["providers"] == ["xnnpack", "cpu"]  # NNAPI opt-in
     rec = next(r for r in art.provenance if r.get("pass") == "ort_format")
     assert rec["config"]["target_platform"] == "arm"
     cov = rec["mobile_coverage"]["nnapi"]

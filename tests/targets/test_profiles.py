@@ -64,10 +64,10 @@ def test_gpu_profile_is_tensorrt_int8_symmetric() -> None:
     assert p.host.needs_gpu
 
 
-def test_android_picks_nnapi_then_xnnpack_at_run_time() -> None:
+def test_android_picks_xnnpack_at_run_time_nnapi_opt_in() -> None:
     p = load_target("mobile-android")
     v = p.variant(p.default_variant)
-    assert p.backend_options(v)["providers"] == ["nnapi", "xnnpack", "cpu"]
+    assert p.backend_options(v)["providers"] == ["xnnpack", "cpu"]  # NNAPI is deprecated
     assert v.pass_specs()[-1] == ("ort_format", {"target_platform": "arm",
                                                  "optimization_style": "fixed", "fix_batch": 1})
 

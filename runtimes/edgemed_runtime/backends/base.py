@@ -151,6 +151,8 @@ _REGISTRY: dict[str, str] = {
     "onnxruntime": "edgemed_runtime.backends.onnxruntime:OnnxRuntimeBackend",
     "openvino": "edgemed_runtime.backends.openvino:OpenVinoBackend",
     "tensorrt": "edgemed_runtime.backends.tensorrt:TensorRtBackend",
+    "executorch": "edgemed_runtime.backends.executorch:ExecuTorchBackend",
+    "litert": "edgemed_runtime.backends.litert:LiteRtBackend",
 }
 
 

@@ -16,7 +16,8 @@ DIST = "edgemed-runtime"
 """The runtime's distribution name (what ``pip install`` takes)."""
 
 BACKEND_EXTRAS: dict[str, str | None] = {"onnxruntime": None, "openvino": "openvino",
-                                         "tensorrt": "tensorrt"}
+                                         "tensorrt": "tensorrt", "executorch": "executorch",
+                                         "litert": "litert"}
 """The ``edgemed-runtime`` extra that installs each built-in backend (None: the base runtime)
 (runtimes/pyproject.toml ``[project.optional-dependencies]``; tests/release/test_device_env.py)."""
 
