@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -16,7 +17,7 @@ def register(app: typer.Typer) -> None:
     def demo(
         out: Path = typer.Option(Path("edgemed-demo"), "--out", "-o", help="output folder"),
         epochs: int = typer.Option(8, "--epochs", min=1, help="training epochs"),
-        patients: int = typer.Option(None, "--patients", min=5,
+        patients: Optional[int] = typer.Option(None, "--patients", min=5,
                                      help="synthetic patients (default 24; 12 for segmentation)"),
         task: str = typer.Option("classification", "--task",
                                  help="classification (a 2D lesion classifier) or segmentation "

@@ -435,6 +435,8 @@ class _TargetRelease:
                           self.s.cfg.release.device_check)
         self.o.device_check = self.step("device-check", key,
                                         lambda: self._check(bundle_dir, art))
+        if self.s.seg is not None:  # the device also needs the SEG writer (runtime[outputs])
+            self.o.device_install = self.o.device_check.get("device_install", req.install_line)
         if not self.o.device_check.get("ok"):
             error = self.o.device_check.get("error") or {}
             raise BundleError(f"{self.target}: the bundle does not open as a device would",

@@ -240,8 +240,10 @@ def check(tr: Any, bundle_dir: Path, art: Any) -> dict[str, Any]:
     series, read back and compared with the build's labels; FP32 vs shipped overlays saved.
     Returns the check's record (``ok``, ``seg``, ``voxels_differing``, ...)."""
     from edgemed_runtime import Artifact, open_artifact, read_series
+    from edgemed_runtime.sdk import atomic_write_bytes
 
     from .device_check import verify_seg_as_device
+    from .seg_report import overlays_png
 
     cfg, series = tr.s.cfg, tr.s.seg.check_series
     tdir = Path(art.path).parent
@@ -255,7 +257,7 @@ def check(tr: Any, bundle_dir: Path, art: Any) -> dict[str, Any]:
     tr.o.device_install = install
     tr.s.say(f"{tr.target}: device check: held-out series -> DICOM SEG in a runtime-only process")
     res = verify_seg_as_device(bundle_dir, pub, key, series, tdir / SEG_FILE, python=python)
-    res["environment"] = where
+    res["environment"], res["device_install"] = where, install
     if not res.get("ok"):
         return res
     vol = read_series(series)
@@ -268,10 +270,6 @@ def check(tr: Any, bundle_dir: Path, art: Any) -> dict[str, Any]:
     res.update(voxels_differing=differing, voxels=int(ref.size), series=series.name,
                mode=f"DICOM SEG written on the device ({where}), read back with highdicom",
                ok=differing == 0 and not res["leaked_modules"])
-    from .seg_report import overlays_png
-
-    from edgemed_runtime.sdk import atomic_write_bytes
-
     atomic_write_bytes(tdir / OVERLAYS, overlays_png(vol, fp32, ref, names=tuple(res["labels"]),
                                                      title=f"{series.name}: FP32 vs {tr.o.chosen}"))
     return res

@@ -155,6 +155,7 @@ def test_a_second_run_skips_every_step(shipped: tuple[Path, object]) -> None:
     again = release(_project(tmp))
     assert again.ok
     steps = again.targets[0].steps
+    assert "outputs" in again.targets[0].device_install  # from the recorded check
     assert again.skipped_steps >= 4 and steps.pop("register") == "ran"  # idempotent, always
     assert all(v.startswith("skipped") or v == "not run" for v in steps.values()), steps
 
