@@ -98,6 +98,12 @@ def _axis_coords(m: np.ndarray, axis: int, n_out: int, n_in: int) -> np.ndarray:
     return np.clip(c, 0.0, n_in - 1.0)
 
 
+def _take(array: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
+    """``np.take(array, index, axis)`` without its C-contiguous copy of a strided ``array``
+    (an oriented volume is a transposed, flipped view: that copy cost a whole volume)."""
+    return array[(slice(None),) * axis + (index,)]
+
+
 def _separable(array: np.ndarray, m: np.ndarray, out_shape: tuple[int, int, int],
                mode: str) -> np.ndarray:
     """Resample axis by axis (the axis that shrinks most first)."""
@@ -111,15 +117,15 @@ def _separable(array: np.ndarray, m: np.ndarray, out_shape: tuple[int, int, int]
         c = _axis_coords(m, a, out_shape[a], in_shape[a])
         ax = lead + a
         if mode == "nearest":
-            out = np.take(out, np.rint(c).astype(np.intp), axis=ax)
+            out = _take(out, np.rint(c).astype(np.intp), ax)
             continue
         i0 = np.floor(c).astype(np.intp)
         i1 = np.minimum(i0 + 1, in_shape[a] - 1)
         shape = [1] * out.ndim
         shape[ax] = -1
         w = (c - i0).astype(np.float32).reshape(shape)
-        lo = np.take(out, i0, axis=ax)
-        hi = np.take(out, i1, axis=ax)
+        lo = _take(out, i0, ax)
+        hi = _take(out, i1, ax)
         hi -= lo
         hi *= w
         lo += hi
