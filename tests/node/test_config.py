@@ -75,3 +75,43 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError) as e:
         load_config(tmp_path / "absent.toml")
     assert e.value.code == "not-found"
+
+
+@pytest.mark.parametrize("kw, key", [
+    ({"dest_extra": 'send_by = ["fax"]'}, "destination.send_by"),
+    ({"dest_extra": 'send_by = ["c-store", "c-store"]'}, "destination.send_by"),
+    ({"dest_extra": 'send_by = ["stow-rs"]'}, "destination.stow_url"),
+    ({"dest_extra": 'send_by = ["stow-rs"]\nstow_url = "ftp://x"'}, "destination.stow_url"),
+    ({"dest_extra": "redeliver_s = -1"}, "destination.redeliver_s"),
+    ({"dest_extra": '[destination.tls]\nca = "ca.pem"\ncert = "c.pem"'},
+     "destination.tls.key"),
+    ({"grouping": 'by = "patient"'}, "grouping.by"),
+    ({"grouping": 'late = "ignore"'}, "grouping.late"),
+    ({"grouping": 'association_end = "no"'}, "grouping.association_end"),
+    ({"grouping": "late_window_s = 0"}, "grouping.late_window_s"),
+])
+def test_bad_delivery_and_grouping_options(tmp_path: Path, model: Model, kw: dict,
+                                           key: str) -> None:
+    with pytest.raises(InvalidInputError) as e:
+        load_config(_cfg(tmp_path, model, **kw))
+    assert e.value.code == "bad-node-config" and key in e.value.message
+
+
+def test_delivery_and_grouping_options_parse(tmp_path: Path, model: Model) -> None:
+    cfg = load_config(_cfg(tmp_path, model, grouping='by = "study"\nassociation_end = false\n'
+                           'late = "rerun"\nlate_window_s = 60', dest_extra=(
+                               'send_by = ["c-store", "stow-rs"]\n'
+                               'stow_url = "https://pacs.example/dicom-web/studies"\n'
+                               'redeliver_s = 600\n[destination.tls]\nca = "ca.pem"')))
+    d = cfg.destination
+    assert d.send_by == ("c-store", "stow-rs") and d.redeliver_s == 600
+    assert d.tls is not None and d.tls.ca == tmp_path / "ca.pem" and d.tls.cert is None
+    assert (cfg.group_by, cfg.group_on_association_end, cfg.late, cfg.late_window_s) == (
+        "study", False, "rerun", 60)
+    assert cfg.spool.journal_max_bytes == 64 << 20
+    # STOW-RS alone needs no DICOM address
+    p = _cfg(tmp_path, model, dest_extra='send_by = ["stow-rs"]\nstow_url = "http://h/s"')
+    text = "\n".join(x for x in p.read_text().splitlines()
+                     if not x.startswith(("ae_title = \"ORTHANC\"", "host = ", "port = 4242")))
+    p.write_text(text)
+    assert load_config(p).destination.port == 0
