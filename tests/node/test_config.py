@@ -108,7 +108,7 @@ def test_delivery_and_grouping_options_parse(tmp_path: Path, model: Model) -> No
     assert d.tls is not None and d.tls.ca == tmp_path / "ca.pem" and d.tls.cert is None
     assert (cfg.group_by, cfg.group_on_association_end, cfg.late, cfg.late_window_s) == (
         "study", False, "rerun", 60)
-    assert cfg.spool.journal_max_bytes == 64 << 20
+    assert cfg.spool.journal_max_bytes == 16 << 20
     # STOW-RS alone needs no DICOM address
     p = _cfg(tmp_path, model, dest_extra='send_by = ["stow-rs"]\nstow_url = "http://h/s"')
     text = "\n".join(x for x in p.read_text().splitlines()

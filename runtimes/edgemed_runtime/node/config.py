@@ -102,7 +102,7 @@ class SpoolConfig:
     key_file: Path
     max_bytes: int = 1 << 30
     scratch_dir: Path = Path("/dev/shm")
-    journal_max_bytes: int = 64 << 20
+    journal_max_bytes: int = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -297,7 +297,7 @@ def _spool(t: dict[str, Any], base: Path) -> SpoolConfig:
     cfg = SpoolConfig(dir=r.path("dir", required=True), key_file=r.path("key_file", required=True),
                       max_bytes=r.num("max_bytes", 1 << 30, lo=1 << 16, hi=1 << 50),
                       scratch_dir=r.path("scratch_dir", Path("/dev/shm")),
-                      journal_max_bytes=r.num("journal_max_bytes", 64 << 20, lo=1 << 12,
+                      journal_max_bytes=r.num("journal_max_bytes", 16 << 20, lo=1 << 12,
                                               hi=1 << 40))
     r.done()
     return cfg

@@ -113,7 +113,7 @@ class Spool:
     """
 
     def __init__(self, root: Path, key: bytes, max_bytes: int, *,
-                 journal_max_bytes: int = 64 << 20) -> None:
+                 journal_max_bytes: int = 16 << 20) -> None:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         self.root = root
