@@ -126,14 +126,15 @@ def dice_png(g: Mapping[str, Any], title: str) -> bytes | None:
 
 def overlays_png(vol: Any, fp32: np.ndarray, shipped: np.ndarray, *, names: tuple[str, ...],
                  title: str, n_slices: int = 3) -> bytes:
-    """Slices of ``vol`` (the ones with the most labelled voxels, spread out) with the FP32 and
-    the shipped labels drawn over them, one row per model."""
+    """Up to ``n_slices`` slices of ``vol`` (those with the most voxels labelled by either model,
+    spread out; the middle one when nothing is labelled) with the FP32 and the shipped labels
+    drawn over them, one row per model; PNG bytes."""
     plt = _pyplot()
     from matplotlib.colors import ListedColormap
 
     arr = np.asarray(vol.array, dtype=np.float32)
-    fg = np.count_nonzero(fp32, axis=(1, 2))
-    order = [int(z) for z in np.argsort(-fg, kind="stable")]
+    fg = np.count_nonzero((fp32 > 0) | (shipped > 0), axis=(1, 2))
+    order = [int(z) for z in np.argsort(-fg, kind="stable") if fg[z] > 0] or [len(fg) // 2]
     picks: list[int] = []
     for z in order:
         if all(abs(z - p) >= max(1, len(fg) // (2 * n_slices)) for p in picks):
