@@ -192,3 +192,25 @@ def test_series_without_masks_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError) as e:
         release(_project(tmp_path))
     assert e.value.code == "bad-labels" and "mask" in e.value.message
+
+
+def test_report_text_passes_the_report_checks_and_renders(shipped: tuple[Path, object],
+                                                          tmp_path: Path) -> None:
+    """The checks of tests/release/test_report_html.py on the segmentation report: no raw
+    values in the visible text; in headless Chromium (where installed) every image loads."""
+    import subprocess
+
+    from tests.release.test_report_html import CHROMIUM, FORBIDDEN, visible_text
+
+    _, rel = shipped
+    page = Path(rel.report).read_text()
+    text = visible_text(page)
+    assert not [f for f in FORBIDDEN if f in text], [f for f in FORBIDDEN if f in text]
+    if CHROMIUM is None:
+        return
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                          f"--user-data-dir={tmp_path}", "--virtual-time-budget=10000",
+                          "--dump-dom", Path(rel.report).resolve().as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom)
+    assert loaded and loaded.group(1) == loaded.group(2) and int(loaded.group(2)) >= 2
