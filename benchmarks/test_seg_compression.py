@@ -147,7 +147,7 @@ def test_chosen_artifact_beats_fp32_and_the_nncf_openvino_peer(built: dict[str, 
     record = {
         "roi": ROI, "threads": THREADS, "runs": RUNS, "chosen": sel["chosen"],
         "status": sel["status"], "why": sel["why"], "build_s": round(built["build_s"], 1),
-        "build_timings_ms": sel.get("timings_ms"), "p50_ms": p50,
+        "build_timings_ms": sel.get("timings_ms"), "gate": sel.get("candidates"), "p50_ms": p50,
         "chosen_vs_peer": p50["chosen"] / p50["nncf-ov-peer"],
         "chosen_vs_fp32": p50["chosen"] / p50["fp32"],
         "machine": machine_info(),
@@ -156,6 +156,10 @@ def test_chosen_artifact_beats_fp32_and_the_nncf_openvino_peer(built: dict[str, 
     (RESULTS / f"seg-compression-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(
         json.dumps(record, indent=2, default=str))
     print(f"\nchosen {sel['chosen']} ({sel['status']}); build {record['build_s']} s")
+    for name, g in (sel.get("candidates") or {}).items():
+        g = g or {}
+        print(f"  gate {name:18s} passed {g.get('passed')} reference {g.get('reference')} "
+              f"candidate {g.get('candidate')}")
     for name, t in (sel.get("timings_ms") or {}).items():
         print(f"  build candidate {name:18s} p50 {t['p50']:8.1f} ms  "
               f"ratio to FP32 {t.get('ratio_to_fp32', 1.0):.2f}")
