@@ -31,7 +31,8 @@ class _Block:
 sys.meta_path.insert(0, _Block())
 written = []
 def _audit(event, args):
-    if event == "open" and args[0] is not None and isinstance(args[1], str) and \
+    # a file descriptor (an int) was opened by os.open, audited below with its path
+    if event == "open" and isinstance(args[0], (str, bytes)) and isinstance(args[1], str) and \
             any(c in args[1] for c in "wax+"):
         written.append(str(args[0]))
     elif event == "os.open" and args[2] & 0o3:  # O_WRONLY / O_RDWR

@@ -64,3 +64,22 @@ def test_bad_program_bytes_are_typed() -> None:
         get_backend("executorch").open(b"not a program" * 8, IOSpec(input_shape=(1, 1, 16, 16)),
                                        {})
     assert err.value.code == "model-load-failed"
+
+
+def test_build_gates_and_records_the_pte(tmp_path: Any, trained_tiny: Any, synthetic_dir: Any,
+                                         spec16: Any) -> None:
+    """``edgemed.build`` for the profile: the same gate (run on this host's XNNPACK kernels)."""
+    import torch
+
+    import edgemed
+    from edgemed.pipeline import BuildOptions
+
+    art = edgemed.build(trained_tiny, torch.zeros(1, 1, 16, 16), calibration=synthetic_dir,
+                        validation=synthetic_dir, target="mobile-android-executorch",
+                        out=tmp_path / "art", labels=("no_lesion", "lesion"), preprocess=spec16,
+                        options=BuildOptions(select="et-xnnpack-int8"))
+    assert art.format == "pte" and art.backend == "executorch"
+    sel = next(r for r in art.provenance if r.get("pass") == "select_variant")
+    gated = sel["gated_with"]["et-xnnpack-int8"]
+    assert gated["backend"] == "executorch" and "this host's kernels" in gated["evaluator"]
+    assert art.metrics["gate"]["passed"]

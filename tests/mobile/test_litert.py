@@ -33,13 +33,12 @@ class TestLiteRtInt8(BackendContract):
     chain = [("litert", {})]
     expected_format = "tflite"
 
-    def test_full_int8_and_size(self, artifact: Any, session: Any, fp32_artifact: Any) -> None:
+    def test_full_int8_flatbuffer(self, artifact: Any, session: Any) -> None:
         rec = artifact.provenance[-1]
         assert rec["pass"] == "litert" and rec["quantized"] and rec["calibration_samples"] == 48
         assert rec["tools"]["litert-torch"] == "0.10.0"
         assert session.details["input_dtype"] == "int8"  # full INT8, I/O included
         assert artifact.model_path.read_bytes()[4:8] == b"TFL3"
-        assert artifact.model_path.stat().st_size < fp32_artifact.model_path.stat().st_size
 
 
 def _volume_artifact(tmp_path: Path) -> Any:
@@ -79,3 +78,22 @@ def test_converter_killed_by_a_signal_is_typed(tmp_path: Path, torch_artifact: A
     assert f"exit status -{int(signal.SIGSEGV)}" in str(err.value.found)
     assert not (tmp_path / "out" / "model.tflite").exists()
     assert os.listdir(tmp_path / "out") == []  # the temp folder is gone
+
+
+@needs_converter
+def test_build_gates_the_tflite(tmp_path: Path, trained_tiny: Any, synthetic_dir: Path,
+                                spec16: Any) -> None:
+    """``edgemed.build`` for the profile: the same gate, on this host's LiteRT kernels."""
+    import torch
+
+    import edgemed
+    from edgemed.pipeline import BuildOptions
+
+    art = edgemed.build(trained_tiny, torch.zeros(1, 1, 16, 16), calibration=synthetic_dir,
+                        validation=synthetic_dir, target="mobile-litert", out=tmp_path / "art",
+                        labels=("no_lesion", "lesion"), preprocess=spec16,
+                        options=BuildOptions(select="litert-int8"))
+    assert art.format == "tflite" and art.backend == "litert"
+    sel = next(r for r in art.provenance if r.get("pass") == "select_variant")
+    assert sel["gated_with"]["litert-int8"]["backend"] == "litert"
+    assert art.metrics["gate"]["passed"]
