@@ -222,7 +222,6 @@ ERROR_CODES: dict[str, str] = {
     "unsigned-file": "bundle holds a file the signature does not cover",
     "unsupported-compression": "payload uses a compression this runtime does not read",
     "unsupported-device-key": "device key type is not supported",
-    "unsupported-model": "this runtime cannot run this kind of model yet (volume reading or SEG writing missing)",
     "unsupported-publisher-key": "the publisher key is not a private key or of an allowed type",
     "unsupported-transfer-syntax": "no decoder exists for this transfer syntax",
     "unwrap-failed": "the wrapped data key does not open with this device key",

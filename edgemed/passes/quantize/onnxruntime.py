@@ -138,10 +138,9 @@ class QuantizeOnnxRuntime(Pass[QuantizeConfig]):
                 code="quantize-failed",
             ) from None
         finally:
+            for name in ("model.bn.onnx", "calibration_ranges.json", "augmented.onnx"):
+                (workdir / name).unlink(missing_ok=True)
             pre.unlink(missing_ok=True)
-            (workdir / "model.bn.onnx").unlink(missing_ok=True)
-            (workdir / "calibration_ranges.json").unlink(missing_ok=True)
-            (workdir / "augmented.onnx").unlink(missing_ok=True)
         import onnx
 
         from ..onnx_names import compact_names
