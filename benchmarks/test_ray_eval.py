@@ -19,7 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.ray.conftest import ray_cluster  # noqa: E402,F401  (the fixture)
+if __name__ != "__main__":  # the driver process must not set up a second cluster folder / token
+    from tests.ray.conftest import ray_cluster  # noqa: E402,F401  (the fixture)
 from tests.ray.helpers import SPEC, dicom_set, int8_of, tiny_onnx  # noqa: E402
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from typing import Any
 
@@ -33,6 +34,7 @@ def connect(address: str) -> Any:
     if ray.is_initialized():
         return ray
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    _probe(address)
     try:
         ray.init(address=address, log_to_driver=False)
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError from Ray
@@ -43,6 +45,22 @@ def connect(address: str) -> Any:
             fix="start the head with ray start --head, or check the address and the firewall",
             code="ray-unreachable") from None
     return ray
+
+
+def _probe(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast (``ray-unreachable``) when nothing listens at ``host:port`` (Ray itself retries
+    for minutes); ``auto`` and other forms are left to Ray."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise InvalidInputError(
+            "cannot join the Ray cluster", expected="the head's host:port (ray start --head) "
+            "or auto", found=f"{address}: {exc.strerror or type(exc).__name__}",
+            fix="start the head with ray start --head, or check the address and the firewall",
+            code="ray-unreachable") from None
 
 
 def nodes_with(target: str) -> list[dict[str, Any]]:

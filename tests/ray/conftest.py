@@ -10,6 +10,7 @@ directory.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
@@ -37,6 +38,7 @@ TOKEN.write_text(secrets.token_hex(32))
 RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(TOKEN),
            "RAY_TMPDIR": str(FOLDER / "tmp"), "RAY_USAGE_STATS_ENABLED": "0"}
 os.environ.update(RAY_ENV)
+atexit.register(shutil.rmtree, FOLDER, True)
 
 pytest.importorskip("ray", reason="the edgemed[ray] extra is not installed")
 
@@ -153,9 +155,10 @@ def _as_user(cmd: list[str]) -> list[str]:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     """A PostgreSQL server on 127.0.0.1 in a temporary data directory (trust auth on loopback)."""
-    pg_ctl = shutil.which("pg_ctl") or "/usr/lib/postgresql/15/bin/pg_ctl"
-    initdb = shutil.which("initdb") or "/usr/lib/postgresql/15/bin/initdb"
-    if not Path(pg_ctl).exists():
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin"))  # not on PATH on Debian
+    pg_ctl = shutil.which("pg_ctl") or (str(debian[-1] / "pg_ctl") if debian else "")
+    initdb = shutil.which("initdb") or (str(debian[-1] / "initdb") if debian else "")
+    if not pg_ctl or not Path(pg_ctl).exists():
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
     folder = Path(tempfile.mkdtemp(prefix="edgemed-pg-"))
     folder.chmod(0o755)

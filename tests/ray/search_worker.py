@@ -1,7 +1,8 @@
 """One search worker process: ``python -m tests.ray.search_worker TASK OUT STORAGE RAY SEED N``.
 
 Loads the pickled SearchTask, joins the Ray cluster and runs the shared study (PostgreSQL);
-prints the number of trials it ran as JSON.
+prints the number of trials it ran as JSON. Workers sharing a study use the same seed: the grid's
+order comes from it, and trial number k takes grid point k, so no point is run twice.
 """
 
 from __future__ import annotations

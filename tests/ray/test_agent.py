@@ -66,3 +66,20 @@ def test_agent_dry_run_cli() -> None:
                           "--targets", str(ROOT / "targets"), "--only", "nope", "--json"],
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_unreachable_cluster_fails_fast() -> None:
+    import socket
+
+    import ray
+
+    from edgemed.distributed import connect
+
+    if ray.is_initialized():
+        pytest.skip("this process is already connected to a cluster")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    with pytest.raises(InvalidInputError) as e:
+        connect(f"127.0.0.1:{port}")
+    assert e.value.code == "ray-unreachable" and not ray.is_initialized()

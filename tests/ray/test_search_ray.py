@@ -52,7 +52,7 @@ def _run_two_workers(ray_cluster, postgres, tmp_path: Path, trials: int) -> list
     torch.save(_task(), task_file)
     procs = [subprocess.Popen(
         [sys.executable, "-m", "tests.ray.search_worker", str(task_file), str(tmp_path / f"w{i}"),
-         postgres.url, ray_cluster.address, str(i + 1), str(trials), "cpu-x86"],
+         postgres.url, ray_cluster.address, "1", str(trials), "cpu-x86"],
         cwd=ROOT, env=ray_cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True) for i in range(2)]
     outs = [p.communicate(timeout=1500) for p in procs]
