@@ -16,8 +16,8 @@ candidate's p50 and ratio to FP32) is printed and saved with the CPU flags to
 (the profile's 64 would take NNCF minutes per variant on 2 cores); everything else is the profile.
 
 Run: ``pytest benchmarks/test_seg_compression.py -s -p no:cacheprovider`` (9-17 minutes on a
-shared 2-core machine; three runs there: chosen / peer 0.58, 1.26 (a timing tie had gone to
-ov-nncf-int8-of, since listed after the sub-pixel variant), 0.78; chosen / FP32 0.28-0.59).
+shared 2-core machine; three runs there: chosen / peer 0.58, 1.26 (a timing tie went to
+ov-nncf-int8-of, then listed before the sub-pixel variant), 0.78; chosen / FP32 0.28-0.59).
 """
 
 from __future__ import annotations
