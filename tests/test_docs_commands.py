@@ -43,8 +43,9 @@ SKIP: dict[str, str] = {
         "needs a 3D volume model and a synthetic series folder (docs/volumes.md, another "
         "helper's); tests/volumes/test_build_volume.py runs edgemed-run run on a series folder",
     "edgemed predict out/model data/SYN000P0000 --seg-out segs/":
-        "needs a 3D segmentation model and a series folder (docs/volumes.md); NOT covered by "
-        "any test yet (no test passes --seg-out): a gap to close with a tiny 3D UNet build",
+        "needs a 3D segmentation model and a series folder (docs/volumes.md); "
+        "tests/segmentation/test_build_segmentation.py runs edgemed predict --seg-out on a trained "
+        "3D UNet and reads the SEGs back",
     "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu":
         "downloads from the PyTorch index (nothing here reaches a network); the test venv holds "
         "that CPU wheel",

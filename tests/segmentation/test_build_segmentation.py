@@ -181,3 +181,30 @@ def test_a_segmentation_model_given_one_2d_file(built: rt.Artifact, series: Path
     with rt.open(built.path) as sess, pytest.raises(rt.InvalidInputError) as err:
         sess.predict(str(one))
     assert err.value.code == "series-single"
+
+
+def test_cli_predict_writes_one_seg_per_series(built: rt.Artifact, series: Path, tmp_path: Path) -> None:
+    import io
+    import json as jsonlib
+
+    import highdicom as hd
+    from typer.testing import CliRunner
+
+    from edgemed.cli import app
+
+    folders = sorted({p.parent for p in series.rglob("*.dcm")})[:2]
+    out = tmp_path / "segs"
+    res = CliRunner().invoke(app, ["predict", str(built.path), *map(str, folders),
+                                   "--seg-out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = jsonlib.loads(res.output)["predictions"]
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    with rt.open(built.path) as sess:
+        for row, folder in zip(rows, folders):
+            seg = hd.seg.segread(io.BytesIO(Path(row["seg"]).read_bytes()))
+            labels = sess.predict(folder).labels
+            back = seg.get_pixels_by_source_instance(
+                source_sop_instance_uids=list(rt.read_series(folder).sop_uids),
+                combine_segments=True, assert_missing_frames_are_empty=True)
+            assert set(row["volumes_ml"]) == {"liver", "kidney"}
+            np.testing.assert_array_equal(back, labels)  # the SEG on disk is the label volume
