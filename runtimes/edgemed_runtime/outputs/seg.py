@@ -21,7 +21,10 @@ from ..volume import Volume
 from .checks import label_array, probability_array
 from .deps import require
 from .seg_source import seg_source
-from .segments import SegmentCodes, check_label_names, segment_descriptions
+
+SegmentCodes = tuple[Any, Any]
+"""(category, type) pydicom ``Code`` s of one segment (``segments.py``; pydicom is imported
+only when a SEG is written, so importing the runtime does not import it)."""
 
 MAX_FRACTIONAL = 255
 
@@ -54,6 +57,8 @@ def seg_dataset(labels: np.ndarray, source: Volume, *, label_names: tuple[str, .
         MissingDependencyError: highdicom is not installed.
     """
     hd = require("highdicom")
+    from .segments import check_label_names, segment_descriptions
+
     names = check_label_names(label_names)
     arr = label_array(labels, source, count=len(names))
     probs = None if probabilities is None else probability_array(probabilities, source, len(names))
