@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from edgemed_runtime import Artifact, InvalidInputError, Volume, open_artifact, read_series
+from edgemed_runtime import Artifact, InvalidInputError, Volume, open_artifact
 
 from ..segmentation.gate import SegGateConfig, SegGateResult, run_segmentation_gate
 from ..volumes import index_series
+from ..volumes.data import read_item
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -92,11 +93,7 @@ def load_cases(source: str | os.PathLike[str]) -> tuple[list[Volume], list[np.nd
     items = index_series(source)
     vols, truths = [], []
     for item in items:
-        try:
-            vol = read_series(item.folder)
-        except InvalidInputError as exc:
-            raise InvalidInputError(f"series {item.name!r}: {exc.message}", expected=exc.expected,
-                                    found=exc.found, fix=exc.fix, code=exc.code) from None
+        vol = read_item(item)
         vols.append(vol)
         if item.mask is not None:
             truths.append(read_mask(item.mask, vol, name=item.name))

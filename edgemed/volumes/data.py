@@ -93,16 +93,25 @@ def iter_volumes(items: list[SeriesItem], spec: Any) -> Iterator[tuple[SeriesIte
     Raises:
         InvalidInputError: a series ``read_series`` refuses (its code; the series folder named).
     """
-    from edgemed_runtime import read_series
-
     for item in items:
-        try:
-            vol = read_series(item.folder)
-        except InvalidInputError as exc:
-            raise InvalidInputError(f"series {item.name!r}: {exc.message}", expected=exc.expected,
-                                    found=exc.found, fix=exc.fix, code=exc.code) from None
+        vol = read_item(item)
         arr, placement = spec.apply(vol)
         yield item, arr, placement, vol
+
+
+def read_item(item: SeriesItem) -> Any:
+    """The series of ``item`` as a Volume.
+
+    Raises:
+        InvalidInputError: what ``read_series`` refuses, with the series folder named.
+    """
+    from edgemed_runtime import read_series
+
+    try:
+        return read_series(item.folder)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"series {item.name!r}: {exc.message}", expected=exc.expected,
+                                found=exc.found, fix=exc.fix, code=exc.code) from None
 
 
 def _label_ids(items: list[SeriesItem], class_names: tuple[str, ...]) -> tuple[np.ndarray | None,
