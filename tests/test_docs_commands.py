@@ -49,6 +49,10 @@ SKIP: dict[str, str] = {
     "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu":
         "downloads from the PyTorch index (nothing here reaches a network); the test venv holds "
         "that CPU wheel",
+    "pip install -e '.[executorch,litert]' -c constraints.txt":
+        "installs into the test venv; .ci/run's mobile step installs these extras the same way",
+    "python -m venv .venv-litert && .venv-litert/bin/pip install -r constraints-litert.txt":
+        "a 2 GB converter venv (jax, transformers); .ci/run makes it with EDGEMED_CI_LITERT=1",
     "edgemed-run serve node.toml --redeliver":
         "a server that runs until SIGTERM; tests/node/ covers the dead-letter redelivery",
 }

@@ -126,15 +126,34 @@ def default_storage(out: Path) -> str:
     return f"sqlite:///{(out / 'study.db').resolve()}"
 
 
+def _create_study(optuna: Any, cfg: SearchConfig, storage: str, attempts: int = 5) -> Any:
+    """``optuna.create_study(load_if_exists=True)``, retried when workers that start together
+    race to create the schema or the study on a fresh database (an IntegrityError such as
+    PostgreSQL's duplicate ``pg_type`` entry: the loser retries and loads what the winner made)."""
+    import time
+
+    from sqlalchemy.exc import IntegrityError
+
+    def create() -> Any:
+        return optuna.create_study(storage=storage, study_name=cfg.study_name,
+                                   sampler=make_sampler(cfg), direction="minimize",
+                                   load_if_exists=True)
+
+    for attempt in range(attempts - 1):
+        try:
+            return create()
+        except IntegrityError:
+            time.sleep(0.2 * (attempt + 1))
+    return create()
+
+
 def open_study(cfg: SearchConfig, storage: str) -> Any:
     """Create or load the study; InvalidInputError for a bad URL or a mismatched study."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.create_study(storage=storage, study_name=cfg.study_name,
-                                    sampler=make_sampler(cfg), direction="minimize",
-                                    load_if_exists=True)
+        study = _create_study(optuna, cfg, storage)
     except Exception as exc:  # SQLAlchemy / Optuna errors: bad URL, unreachable database
         raise InvalidInputError(
             "cannot open the study storage", expected="an SQLAlchemy URL such as "

@@ -38,8 +38,7 @@ def _interrupt_after(proc: Popen[str], seen: str, timeout: float = 600) -> tuple
         err.append(line)
         if seen in line:
             break
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # at once: a quiet machine finishes a tiny build in seconds
     out = proc.stdout.read() if proc.stdout else ""
     proc.wait(timeout=180)
     while (line := lines.get(timeout=30)) is not None:
@@ -61,7 +60,7 @@ def test_sigint_during_build(tmp_path: Path, synthetic_dir: Path, trained_tiny: 
                str(tmp_path / "tiny.pt"), "--input", "1x1x16x16", "--calib", str(synthetic_dir),
                "--val", str(synthetic_dir), "--target", "cpu-x86", "--labels",
                "no_lesion,lesion", "--out", str(out_dir / "art"))
-    out, err = _interrupt_after(proc, "ort-int8")
+    out, err = _interrupt_after(proc, "loading calibration data")
     assert proc.returncode == 130, err[-1500:]
     assert "interrupted" in err and "Traceback" not in err + out, err[-1500:]
     assert not (out_dir / "art").exists()

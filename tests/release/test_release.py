@@ -139,7 +139,7 @@ def test_no_compressed_candidate_ships_fp32_and_says_so(project: Path) -> None:
     t = r.targets[0]
     assert t.status == "fallback-fp32" and r.exit_code == 0 and t.bundle is not None
     assert t.chosen == "ort-fp32" and "no compressed candidate passed the gate" in t.why
-    assert "fallback-fp32" in r.report.read_text()
+    assert "shipped FP32 (fallback)" in r.report.read_text()  # the status in words
 
 
 def test_gate_failure_is_honest(project: Path) -> None:

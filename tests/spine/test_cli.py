@@ -112,8 +112,10 @@ def test_predict_rejects_non_dicom(tmp_artifact_dir: Path, tmp_path: Path) -> No
     junk = tmp_path / "x.dcm"
     junk.write_bytes(b"\x7fELF" + b"\0" * 300)
     r = runner.invoke(app, ["predict", str(tmp_artifact_dir), str(junk), "--json"])
-    assert r.exit_code == 2
-    assert _json(r)["error"]["type"] == "InvalidInputError"
+    assert r.exit_code == 2  # no file could be read
+    (row,) = _json(r)["predictions"]  # one row per file, the file named with its error
+    assert row["status"] == "failed" and row["file"] == str(junk)
+    assert row["error"]["type"] == "InvalidInputError" and row["error"]["code"] == "not-dicom"
 
 
 @pytest.fixture()

@@ -109,8 +109,10 @@ def test_npy_npz_folder_and_iterable_sources(calib: np.ndarray, tmp_path: Path,
     assert len(to_arrays(tmp_path / "a.npy", IO, SPEC).x) == 4
     assert len(to_arrays(tmp_path, IO, SPEC).x) == 6  # folder of .npy/.npz
     assert len(to_arrays(iter(calib[:3]), IO, SPEC).x) == 3
-    dicom = to_arrays(synthetic_dir, IO, SPEC)
+    dicom = to_arrays(synthetic_dir, IO, SPEC, what="validation")
     assert dicom.x.shape == (64, 1, 16, 16) and dicom.y is not None
+    calib = to_arrays(synthetic_dir, IO, SPEC)  # calibration: every file, labels ignored
+    assert calib.x.shape == dicom.x.shape and calib.y is None
 
 
 @pytest.mark.parametrize(
