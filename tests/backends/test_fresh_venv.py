@@ -73,7 +73,8 @@ def test_runs_an_artifact_on_dicom(runtime_venv: Path, tmp_path: Path, ort_artif
     art = ort_artifact
     code, info = _run(runtime_venv, "info")
     assert code == 0 and {b["name"]: b["available"] for b in info["backends"]} == \
-        {"onnxruntime": True, "openvino": False, "tensorrt": False}
+        {"onnxruntime": True, "openvino": False, "tensorrt": False, "executorch": False,
+         "litert": False}  # the base runtime: only onnxruntime; the others are extras
     code, rep = _run(runtime_venv, "verify", str(art.path))
     assert code == 0 and rep["smoke_finite"] and rep["format"] == "onnx-qdq"
     code, res = _run(runtime_venv, "run", str(art.path), str(synthetic_dir / "SYN0000000"))
