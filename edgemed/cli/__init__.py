@@ -21,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-MODULES = ("build", "predict", "inspect", "demo", "release", "bundle", "dataset", "deid", "targets", "bench", "report", "search")
+MODULES = ("build", "predict", "inspect", "demo", "release", "bundle", "dataset", "deid", "targets", "bench", "report", "search", "evaluate")
 
 
 def _register_all() -> None:

@@ -167,6 +167,38 @@ def load_folder(
     return LabelledArrays(x, _label_ids(named, class_names), _names(named, class_names), paths)
 
 
+def labelled_files(path: str | os.PathLike[str], class_names: tuple[str, ...] | None = None,
+                   *, require_labels: bool = True
+                   ) -> tuple[tuple[Path, ...], np.ndarray | None, tuple[str, ...]]:
+    """The files of a labelled folder (the layouts of ``load_folder``) and their labels,
+    without decoding any image (for workers that decode them: Ray Data).
+
+    Returns (paths, integer labels or None when unlabelled, class names). Raises
+    InvalidInputError as ``load_folder`` does for the folder and its labels, and
+    ``needs-labels`` when the folder has none and ``require_labels``.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise InvalidInputError("data folder not found", expected="a folder of DICOM files",
+                                found=str(root), fix="check the path", code="not-found")
+    labels_csv = root / "labels.csv"
+    named = (_from_csv(root, labels_csv) if labels_csv.is_file()
+             else _by_layout(root, dicom_files(root), class_names))
+    if not named:
+        raise InvalidInputError(
+            "no DICOM files found", expected="DICOM files (.dcm, .dicom or no suffix), at any depth",
+            found=f"none under {root}", fix="point at the folder that holds the DICOM files",
+            code="empty")
+    if any(lab is None for _, lab in named) and not require_labels:
+        return tuple(p for p, _ in named), None, tuple(class_names or ())
+    if any(lab is None for _, lab in named):
+        raise InvalidInputError("the data folder has no labels", expected=LAYOUTS,
+                                found=f"{len(named)} files without labels", code="needs-labels",
+                                fix="write labels.csv or put each class in its own sub-folder")
+    return (tuple(p for p, _ in named), _label_ids(named, class_names),
+            _names(named, class_names))
+
+
 def _names(named: list[tuple[Path, str | None]], class_names: tuple[str, ...] | None) -> tuple[str, ...]:
     return tuple(class_names) if class_names else tuple(sorted({str(lab) for _, lab in named}))
 

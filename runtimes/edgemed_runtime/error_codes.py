@@ -126,7 +126,7 @@ ERROR_CODES: dict[str, str] = {
     "missing-passphrase": "passphrase environment variable is not set",
     "model-load-failed": "the backend (onnxruntime, OpenVINO) cannot load the model",
     "needs-2d": "the target's runtime (ExecuTorch XNNPACK, LiteRT) runs 2D models only: a 3D model is refused before conversion",
-    "needs-labels": "the search needs labelled data",
+    "needs-labels": "the search or edgemed evaluate needs labelled data (labels.csv or class sub-folders)",
     "needs-target": "a search or benchmark on Ray needs --target (whose devices measure it)",
     "needs-torch": "the pass needs a PyTorch model (it runs before export_onnx)",
     "needs-train-data": "the pass needs training data in BuildOptions.extras['train']",
