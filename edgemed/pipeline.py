@@ -56,6 +56,10 @@ class BuildOptions:
     tie_tolerance: float = 0.05
     keep_reference: bool = True
     eval_batch: int = 16
+    ray: str | None = None
+    """A Ray cluster (``host:port`` or ``auto``): the gate's logits over a DICOM validation
+    folder through Ray Data (``edgemed.distributed.build_eval``); None: in this process."""
+    ray_actors: int = 2
     device_cpu_flags: frozenset[str] | None = None
     """The device CPU's flags when the build host cannot stand in for the target (None: unknown;
     variants with a ``when`` rule are then left out)."""
@@ -289,13 +293,16 @@ def build(
     say("loading calibration data")
     calib = _calibration(calibration, io, spec, inference, profile)
     io, evaluator, gate_data = _gate_data(validation, calib, io, spec, n_classes, say,
-                                          task=task_spec, gate_cfg=gate_cfg, batch=opts.eval_batch)
+                                          task=task_spec, gate_cfg=gate_cfg, batch=opts.eval_batch,
+                                          ray=(opts.ray, opts.ray_actors))
     match, match_why = host_matches(profile)
     ctx = BuildContext(
         calibration=calib.x if calib is not None else None,
         calibration_info=calib.info() if calib is not None else {}, seed=opts.seed,
         threads=threads, host_matches_target=match, progress=say, extras=dict(opts.extras),
     )
+    if task_spec.name == "segmentation":  # the gate's series, for quantize_openvino_ac's Dice
+        ctx.extras.setdefault("segmentation_cases", evaluator)
     out_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="edgemed-build-"))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -325,15 +332,22 @@ def _gate_config(gate: Any, profile: TargetProfile, task: TaskSpec) -> Any:
 
 
 def _gate_data(validation: Any, calib: Any, io: IOSpec, spec: Any, n_classes: int,
-               say: Callable[[str], None], *, task: TaskSpec, gate_cfg: Any, batch: int
-               ) -> tuple[IOSpec, Any, str]:
+               say: Callable[[str], None], *, task: TaskSpec, gate_cfg: Any, batch: int,
+               ray: tuple[str | None, int] = (None, 2)) -> tuple[IOSpec, Any, str]:
     """(IO spec, the task's gate evaluator, what the gate data is); ``io`` gains the validation
-    set's class names when it has none."""
+    set's class names when it has none. ``ray`` = (address, actors): a DICOM validation folder
+    gated through Ray Data."""
     from .tasks import evaluator
 
     if task.name == "segmentation":
         return io, *_segmentation_data(validation, calib, io, task, gate_cfg=gate_cfg,
                                        n_channels=n_classes, say=say)
+    if validation is not None and ray[0] is not None and not _is_series_data(validation, spec):
+        from .distributed.build_eval import ray_gate_data
+
+        say("listing validation files (decoded on Ray)")
+        return ray_gate_data(validation, io, spec, n_classes, cfg=gate_cfg, batch=batch,
+                             address=ray[0], actors=ray[1])
     if validation is not None:
         say("loading validation data")
         if _is_series_data(validation, spec):

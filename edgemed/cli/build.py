@@ -28,6 +28,8 @@ def register(app: typer.Typer) -> None:
             False, "--require-compressed",
             help="fail (exit 1) rather than ship the FP32 baseline when no compressed candidate can"),
         seed: int = typer.Option(0, "--seed"),
+        ray: Optional[str] = typer.Option(None, "--ray", help="Ray cluster HOST:PORT or auto: the gate's logits over the --val DICOM folder through Ray Data"),
+        ray_actors: int = typer.Option(2, "--ray-actors", min=1, help="Ray Data actors for the gate (one CPU each)"),
         as_json: bool = typer.Option(False, "--json", help="print the result as one JSON "
                                      "document on stdout (progress goes to stderr)"),
     ) -> None:
@@ -64,7 +66,8 @@ def register(app: typer.Typer) -> None:
                     model, calibration=calib, validation=val, target=profile, out=out,
                     input_shape=shape, weights=weights, preprocess=spec,
                     labels=tuple(labels.split(",")) if labels else None,
-                    options=BuildOptions(seed=seed, select=select), progress=say,
+                    options=BuildOptions(seed=seed, select=select, ray=ray, ray_actors=ray_actors),
+                    progress=say,
                 )
             summary = artifact_summary(art)
             if as_json:
