@@ -119,18 +119,38 @@ def _separable(array: np.ndarray, m: np.ndarray, out_shape: tuple[int, int, int]
         if mode == "nearest":
             out = _take(out, np.rint(c).astype(np.intp), ax)
             continue
-        i0 = np.floor(c).astype(np.intp)
-        i1 = np.minimum(i0 + 1, in_shape[a] - 1)
-        shape = [1] * out.ndim
-        shape[ax] = -1
-        w = (c - i0).astype(np.float32).reshape(shape)
-        lo = _take(out, i0, ax)
-        hi = _take(out, i1, ax)
+        out = _lerp_axis(out, c, ax)
+    return out if out is not array else out.copy()
+
+
+SLAB_BYTES = 1 << 20  # the temporaries of one linear pass stay about this size
+
+
+def _lerp_axis(src: np.ndarray, c: np.ndarray, ax: int) -> np.ndarray:
+    """Linear interpolation of ``src`` (float32) along axis ``ax`` at the coordinates ``c``,
+    slab by slab along another axis, so the temporaries are two slabs, not two outputs (the
+    same element-wise operations: the result does not depend on the slab size)."""
+    n_in = src.shape[ax]
+    i0 = np.floor(c).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    shape = [1] * src.ndim
+    shape[ax] = -1
+    w = (c - i0).astype(np.float32).reshape(shape)
+    out_shape = src.shape[:ax] + (len(c),) + src.shape[ax + 1:]
+    out = np.empty(out_shape, dtype=np.float32)
+    other = max((k for k in range(src.ndim) if k != ax), key=lambda k: src.shape[k])
+    per = max(1, int(np.prod(out_shape)) * 4 // max(1, out_shape[other]))
+    step = max(1, SLAB_BYTES // per)
+    for s0 in range(0, out_shape[other], step):
+        sl = (slice(None),) * other + (slice(s0, s0 + step),)
+        part = src[sl]
+        lo = _take(part, i0, ax)
+        hi = _take(part, i1, ax)
         hi -= lo
         hi *= w
         lo += hi
-        out = lo
-    return out if out is not array else out.copy()
+        out[sl] = lo
+    return out
 
 
 def _gather(array: np.ndarray, m: np.ndarray, out_shape: tuple[int, int, int],

@@ -71,10 +71,11 @@ def predict_volume(session: Any, x: Any, *, probabilities: bool = False) -> Any:
     """What ``Session.predict`` returns for a volume model: class probabilities (1, K) for a
     non-spatial task, a ``SegmentationResult`` on the original grid for segmentation."""
     batch, placement, vol = prepare_volume(session, x)
-    out = forward(session, batch)
     task = session.task
     if not task.task.spatial_output:
-        return task.task.decode(out, task, session.io.labels)
+        del vol  # nothing of the source is returned: its voxels are freed before inference
+        return task.task.decode(forward(session, batch), task, session.io.labels)
+    out = forward(session, batch)
     probs = activate(out[0], task, axis=0)
     labels = session.preprocess.invert(label_map(probs, task, axis=0)[None], placement,
                                        mode="nearest")[0]
