@@ -205,7 +205,7 @@ def test_backend_without_cuda_bindings_names_the_package(monkeypatch: pytest.Mon
     assert not TensorRtBackend.is_available()
     with pytest.raises(MissingDependencyError) as e:
         TensorRtBackend.ensure_available()
-    assert e.value.code == "missing-dependency" and e.value.fix == "pip install cuda-python"
+    assert e.value.code == "missing-dependency" and e.value.fix == "pip install 'edgemed-runtime[tensorrt]'"
 
 
 # -- the recipe pass ---------------------------------------------------------------------------

@@ -18,14 +18,13 @@ import pytest
 from edgemed.errors import MissingDependencyError, ProfileError
 from edgemed.release.device_env import device_python, env_key, for_device_runtime
 from edgemed_runtime.bundle.requirements import (
-    BACKEND_EXTRAS,
     DeviceRequirements,
     check_requirements,
     installed_version,
     requirements_for,
     unmet,
 )
-from edgemed_runtime.sdk import backend_class
+from edgemed_runtime.sdk import backend_class, backend_names
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_backend_extras_match_the_runtime_package() -> None:
     extras = tomllib.loads((ROOT / "runtimes" / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
-    for backend, extra in BACKEND_EXTRAS.items():
-        pkgs = backend_class(backend).requires
+    for backend in backend_names():
+        pkgs, extra = backend_class(backend).requires, backend_class(backend).extra
         if extra is None:
             deps = tomllib.loads((ROOT / "runtimes" / "pyproject.toml").read_text())["project"][
                 "dependencies"]

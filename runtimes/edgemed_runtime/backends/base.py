@@ -12,7 +12,7 @@ import threading
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from types import MappingProxyType
-from typing import Any, Callable, ClassVar, Generic, Iterator, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -100,6 +100,18 @@ class BackendSession(ABC):
         """Release native resources."""
 
 
+RUNTIME_DIST = "edgemed-runtime"
+"""The runtime's distribution name (what ``pip install`` takes)."""
+
+
+def install_line(extra: str | None, packages: Sequence[str]) -> str:
+    """The command that installs what is missing: the runtime extra when there is one
+    (``pip install 'edgemed-runtime[openvino]'``), else the packages themselves."""
+    if extra:
+        return f"pip install '{RUNTIME_DIST}[{extra}]'"
+    return f"pip install {' '.join(packages)}"
+
+
 class Backend(ABC):
     """One way of running models (onnxruntime, OpenVINO, TensorRT...).
 
@@ -110,6 +122,8 @@ class Backend(ABC):
         modules: import names checked by ``is_available``.
         accepts_external_weights: ``open(..., external=)`` takes a split ONNX model's
             initializers as ``(name, array)`` pairs, read in place (a bundle's ``weights``).
+        extra: the ``edgemed-runtime`` extra that installs ``requires``
+            (runtimes/pyproject.toml; None: the base runtime has them).
     """
 
     name: ClassVar[str]
@@ -117,6 +131,7 @@ class Backend(ABC):
     requires: ClassVar[tuple[str, ...]]
     modules: ClassVar[tuple[str, ...]]
     accepts_external_weights: ClassVar[bool] = False
+    extra: ClassVar[str | None] = None
 
     @classmethod
     def missing(cls) -> list[str]:
@@ -139,7 +154,7 @@ class Backend(ABC):
                 f"backend {cls.name!r} is not available",
                 expected=f"packages {', '.join(cls.requires)}",
                 found=f"missing {', '.join(miss)}",
-                fix=f"pip install {' '.join(miss)}",
+                fix=install_line(cls.extra, miss),
             )
 
     @abstractmethod

@@ -102,6 +102,7 @@ class ExecuTorchBackend(Backend):
     formats = ("pte",)
     requires = ("executorch",)
     modules = ("executorch",)
+    extra = "executorch"
 
     def open(self, model: bytes, io: IOSpec, options: Mapping[str, Any]) -> BackendSession:
         """A session for ``.pte`` bytes. Options: ``instances`` (modules run at once, default 1),

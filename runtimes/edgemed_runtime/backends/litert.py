@@ -101,6 +101,7 @@ class LiteRtBackend(Backend):
     formats = ("tflite",)
     requires = ("ai-edge-litert",)
     modules = ("ai_edge_litert",)
+    extra = "litert"
 
     def open(self, model: bytes, io: IOSpec, options: Mapping[str, Any]) -> BackendSession:
         """A session for ``.tflite`` bytes. Options: ``instances`` (interpreters run at once,

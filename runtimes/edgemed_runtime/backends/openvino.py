@@ -368,6 +368,7 @@ class OpenVinoBackend(Backend):
     formats = ("openvino-ir", "onnx", "onnx-qdq")
     requires = ("openvino",)
     modules = ("openvino",)
+    extra = "openvino"
 
     def open(self, model: bytes, io: IOSpec, options: Mapping[str, Any]) -> BackendSession:
         """Read and compile ``model`` (see the module docstring for the options).

@@ -10,16 +10,23 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import MissingDependencyError
+from ..backends.base import RUNTIME_DIST
 from .format import parse_version
 
-DIST = "edgemed-runtime"
+DIST = RUNTIME_DIST
 """The runtime's distribution name (what ``pip install`` takes)."""
 
-BACKEND_EXTRAS: dict[str, str | None] = {"onnxruntime": None, "openvino": "openvino",
-                                         "tensorrt": "tensorrt", "executorch": "executorch",
-                                         "litert": "litert"}
-"""The ``edgemed-runtime`` extra that installs each built-in backend (None: the base runtime)
-(runtimes/pyproject.toml ``[project.optional-dependencies]``; tests/release/test_device_env.py)."""
+
+def backend_extra(backend: str) -> str | None:
+    """The ``edgemed-runtime`` extra that installs ``backend`` (None: the base runtime), from
+    the backend class (``Backend.extra``; runtimes/pyproject.toml).
+
+    Raises:
+        InvalidInputError: ``unknown-backend``.
+    """
+    from ..backends.base import backend_class
+
+    return backend_class(backend).extra
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ def requirements_for(backend: str, *, versions: bool = True) -> DeviceRequiremen
     from ..backends.base import backend_class
 
     cls = backend_class(backend)
-    extra = BACKEND_EXTRAS.get(backend)
+    extra = cls.extra
     pkgs: dict[str, str] = {}
     if versions:
         for pkg in cls.requires:
@@ -88,7 +95,7 @@ def requirements_of(manifest: Any) -> DeviceRequirements:
     raw = manifest.raw.get("requires")
     if raw is not None:
         return DeviceRequirements.from_dict(raw)
-    extra = BACKEND_EXTRAS.get(manifest.backend)
+    extra = backend_extra(manifest.backend)
     return DeviceRequirements(manifest.backend, (extra,) if extra else ())
 
 

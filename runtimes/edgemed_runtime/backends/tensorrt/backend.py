@@ -26,6 +26,7 @@ class TensorRtBackend(Backend):
     formats = ("trt-plan-recipe",)
     requires = ("tensorrt", "cuda-python")
     modules = ("tensorrt", "cuda")
+    extra = "tensorrt"
 
     def open(self, model: bytes, io: IOSpec, options: Mapping[str, Any]) -> BackendSession:
         """A session for a ``trt-plan-recipe`` model file; ``details["cache"]`` says whether the
