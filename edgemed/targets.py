@@ -13,13 +13,12 @@ import json
 import os
 import platform
 import tomllib
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
-from edgemed_runtime.sdk import backend_class
+from edgemed_runtime.sdk import backend_class, cpu_flags, host_rule_matches
 
 from ._config import Strict, validation_problems
 from .errors import InvalidInputError, ProfileError
@@ -272,18 +271,6 @@ def list_targets(dirs: list[str | os.PathLike[str]] | None = None) -> list[str]:
     return list(seen)
 
 
-@lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """This host's CPU feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16",
              "asimddp", "i8mm", "bf16", "fphp", "asimdhp")
 """The flags that change which integer / reduced-precision kernels a CPU runs (recorded)."""
@@ -295,21 +282,15 @@ def isa_summary(flags: frozenset[str] | None = None) -> list[str]:
 
 
 def host_matches(profile: TargetProfile) -> tuple[bool, str]:
-    """Whether this host can stand in for the target, and why (or why not)."""
+    """Whether this host can stand in for the target, and why (or why not): the profile's
+    ``[host]`` rules, matched as an ``edgemed-run agent`` matches them on a device."""
     h = profile.host
-    arch = platform.machine()
-    if h.arch and arch not in h.arch:
-        return False, f"host arch {arch} is not one of {', '.join(h.arch)}"
-    flags = cpu_flags()
-    if h.cpu_flags_all and not set(h.cpu_flags_all) <= flags:
-        return False, f"host lacks CPU flags {', '.join(sorted(set(h.cpu_flags_all) - flags))}"
-    if h.cpu_flags_any and not set(h.cpu_flags_any) & flags:
-        return False, f"host has none of the CPU flags {', '.join(h.cpu_flags_any)}"
-    if h.needs_gpu:
-        gpu, why = nvidia_gpu()
-        if not gpu:
-            return False, f"target needs an NVIDIA GPU; {why}"
-    return True, f"host {arch} matches ({', '.join(sorted(set(h.cpu_flags_any) & flags)) or 'no flag rules'})"
+    gpu, why = nvidia_gpu() if h.needs_gpu else (False, "")
+    ok, reason = host_rule_matches(h.model_dump(), arch=platform.machine(), flags=cpu_flags(),
+                                   gpu=gpu)
+    if not ok and h.needs_gpu and not gpu and reason.startswith("needs an NVIDIA GPU"):
+        return False, f"target needs an NVIDIA GPU; {why}"
+    return ok, f"host {reason}"
 
 
 def nvidia_gpu() -> tuple[bool, str]:

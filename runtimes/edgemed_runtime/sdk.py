@@ -8,7 +8,8 @@ application API: they may change in a minor release, together with the SDK (docs
 
 from __future__ import annotations
 
-from .agent import bench_bundle, device_info, resource_name, time_onnx
+from .agent import (bench_bundle, cpu_flags, device_info, host_rule_matches, resource_name,
+                    time_onnx)
 from .artifact import ARTIFACT_FILE
 from .backends import backend_class, backend_names
 from .backends.onnxruntime import wanted_providers
@@ -92,5 +93,5 @@ __all__ = [
     "read_image", "requirements_for", "requirements_of", "runtime_version", "sha256_file", "label_names", "result_row", "series_folders", "softmax", "spki_pem",
     "unverified_signed_files", "unwrap_data_key", "verify_bundle", "wanted_providers",
     "wrap_data_key", "wrapped_key_entry",
-    "bench_bundle", "device_info", "resource_name", "time_onnx",
+    "bench_bundle", "cpu_flags", "device_info", "host_rule_matches", "resource_name", "time_onnx",
 ]
