@@ -293,8 +293,7 @@ def build(
     say("loading calibration data")
     calib = _calibration(calibration, io, spec, inference, profile)
     io, evaluator, gate_data = _gate_data(validation, calib, io, spec, n_classes, say,
-                                          task=task_spec, gate_cfg=gate_cfg, batch=opts.eval_batch,
-                                          ray=(opts.ray, opts.ray_actors))
+                                          task=task_spec, gate_cfg=gate_cfg, opts=opts)
     match, match_why = host_matches(profile)
     ctx = BuildContext(
         calibration=calib.x if calib is not None else None,
@@ -332,22 +331,24 @@ def _gate_config(gate: Any, profile: TargetProfile, task: TaskSpec) -> Any:
 
 
 def _gate_data(validation: Any, calib: Any, io: IOSpec, spec: Any, n_classes: int,
-               say: Callable[[str], None], *, task: TaskSpec, gate_cfg: Any, batch: int,
-               ray: tuple[str | None, int] = (None, 2)) -> tuple[IOSpec, Any, str]:
+               say: Callable[[str], None], *, task: TaskSpec, gate_cfg: Any,
+               opts: BuildOptions) -> tuple[IOSpec, Any, str]:
     """(IO spec, the task's gate evaluator, what the gate data is); ``io`` gains the validation
-    set's class names when it has none. ``ray`` = (address, actors): a DICOM validation folder
-    gated through Ray Data."""
+    set's class names when it has none. With ``opts.ray`` a DICOM validation folder is gated
+    through Ray Data (``opts.ray_actors`` actors)."""
     from .tasks import evaluator
+
+    batch = opts.eval_batch
 
     if task.name == "segmentation":
         return io, *_segmentation_data(validation, calib, io, task, gate_cfg=gate_cfg,
                                        n_channels=n_classes, say=say)
-    if validation is not None and ray[0] is not None and not _is_series_data(validation, spec):
+    if validation is not None and opts.ray is not None and not _is_series_data(validation, spec):
         from .distributed.build_eval import ray_gate_data
 
         say("listing validation files (decoded on Ray)")
         return ray_gate_data(validation, io, spec, n_classes, cfg=gate_cfg, batch=batch,
-                             address=ray[0], actors=ray[1])
+                             address=opts.ray, actors=opts.ray_actors)
     if validation is not None:
         say("loading validation data")
         if _is_series_data(validation, spec):

@@ -76,6 +76,9 @@ def register(app: typer.Typer) -> None:
                                              "whose devices (target:NAME resource) time trials"),
         ray_wait: float = typer.Option(60.0, "--ray-wait", help="seconds a trial waits for "
                                        "such a device to join before it fails"),
+        workers: int = typer.Option(0, "--workers", min=0, help="with --ray: build the trials "
+                                    "as Ray tasks on this many CPU workers of the cluster (0: "
+                                    "in this process)"),
         as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     ) -> None:
         """Search compression settings (Optuna) under the accuracy gate; resumable."""
@@ -96,7 +99,7 @@ def register(app: typer.Typer) -> None:
                                         found=objective)
             cfg = SearchConfig(strategy=strategy, objective=objective, trials=trials,  # type: ignore[arg-type]
                                storage=storage, study_name=study_name, seed=seed,
-                               ray=ray, target=target, ray_wait_s=ray_wait,
+                               ray=ray, target=target, ray_wait_s=ray_wait, workers=workers,
                                gate=GateConfig(max_accuracy_drop=max_accuracy_drop,
                                                non_inferiority_margin=margin))
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(),

@@ -34,13 +34,16 @@ TABLE_COLUMNS = ("trial", "objective", "accuracy", "auc", "latency_ms", "size_zl
                  "gradcam_correlation", "gradcam_flagged")
 
 
-def write_table(rows: Sequence[dict[str, Any]], csv_path: Path, md_path: Path | None = None) -> None:
-    """Write rows as CSV (and a Markdown table) atomically."""
+def write_table(rows: Sequence[dict[str, Any]], csv_path: Path, md_path: Path | None = None, *,
+                extra: Sequence[str] = ()) -> None:
+    """Write rows as CSV (and a Markdown table) atomically; ``extra`` columns that some row has
+    (where a trial was built and timed on Ray) follow the standard ones in the CSV."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(TABLE_COLUMNS), extrasaction="ignore")
+    cols = [*TABLE_COLUMNS, *(k for k in extra if any(k in r for r in rows))]
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
     for r in rows:
-        w.writerow({k: r.get(k, "") for k in TABLE_COLUMNS})
+        w.writerow({k: r.get(k, "") for k in cols})
     atomic_write_bytes(csv_path, buf.getvalue().encode())
     if md_path is not None:
         lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]

@@ -32,6 +32,9 @@ from ..evaluate import GateConfig, run_gate
 from .space import SearchSpace, chain, suggest
 
 STRATEGIES = ("grid", "tpe", "anneal")
+WHERE_COLUMNS = ("latency_target", "latency_node_id", "latency_device_id", "latency_cpu",
+                 "build_node_id", "build_host")
+"""Where a trial was timed (``--ray --target``) and built (``--workers``): in trials.csv."""
 
 
 class SearchConfig(Strict):
@@ -53,6 +56,7 @@ class SearchConfig(Strict):
     ray: str | None = None  # a Ray cluster (host:port | auto): latency timed on a target node
     target: str | None = None  # whose ``target:<name>`` resource the latency node must carry
     ray_wait_s: float = Field(60.0, ge=0)  # how long a trial waits for such a node to join
+    workers: int = Field(0, ge=0)  # with ray: trials built by this many Ray actors (0: here)
 
 
 @dataclass
@@ -346,6 +350,10 @@ def run_search(task: SearchTask, cfg: SearchConfig, out: str | Path, *,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     storage = cfg.storage or default_storage(out)
+    if cfg.workers and not cfg.ray:
+        raise InvalidInputError("trial workers are Ray actors", expected="--ray ADDRESS with "
+                                "--workers N", found=f"--workers {cfg.workers} without --ray",
+                                fix="add --ray HOST:PORT, or drop --workers", code="bad-option")
     if cfg.ray:
         from ..distributed.cluster import connect
 
@@ -373,7 +381,7 @@ def run_search(task: SearchTask, cfg: SearchConfig, out: str | Path, *,
     files = {"pareto_csv": "pareto.csv", "pareto_md": "pareto.md", "trials_csv": "trials.csv",
              "pareto_png": "pareto.png", "summary": "summary.json"}
     write_table(front, out / "pareto.csv", out / "pareto.md")
-    write_table(sorted(rows, key=lambda r: r["trial"]), out / "trials.csv")
+    write_table(sorted(rows, key=lambda r: r["trial"]), out / "trials.csv", extra=WHERE_COLUMNS)
     flagged = [r["trial"] for r in front if r.get("gradcam_flagged")]
     ref_obj = (float(np.median([r["reference_latency_ms"] for r in rows])) if rows and
                cfg.objective == "latency" else float(ev.reference["size_zlib_bytes"]))
@@ -410,7 +418,9 @@ def _optimize(study: Any, ev: _Evaluator, cfg: SearchConfig, *, n_trials: int,
             raise EdgemedError("surplus trial: the study already has its trials",
                                code="surplus-trial")
         params = suggest(trial, cfg.space)
-        row = ev.evaluate(params, trial.number)
+        return record(trial, ev.evaluate(params, trial.number))
+
+    def record(trial: Any, row: dict[str, Any]) -> float:
         for k, v in row.items():
             trial.set_user_attr(k, v)
         trial.set_user_attr(CONSTRAINT_ATTR, row["constraint"])
@@ -425,6 +435,13 @@ def _optimize(study: Any, ev: _Evaluator, cfg: SearchConfig, *, n_trials: int,
                                      "value": trial.value, **trial.params,
                                      **trial.user_attrs})
 
+    if cfg.ray and cfg.workers:  # each trial built by a Ray actor (edgemed.distributed.trials)
+        from ..distributed.trials import optimize_on_ray
+
+        optimize_on_ray(study, ev.task, cfg, ev.out, n_trials=n_trials, evaluator=_Evaluator,
+                        params=lambda t: suggest(t, cfg.space), record=record,
+                        progress=callback)
+        return
     from optuna.study import MaxTrialsCallback
 
     # several workers may share the study: stop once it holds cfg.trials (running ones count)
