@@ -135,6 +135,7 @@ _REGISTRY: dict[str, str] = {
     "export_onnx": "edgemed.passes.export_onnx:ExportOnnx",
     "quantize_onnxruntime": "edgemed.passes.quantize.onnxruntime:QuantizeOnnxRuntime",
     "quantize_openvino": "edgemed.passes.quantize.openvino:QuantizeOpenVino",
+    "quantize_openvino_ac": "edgemed.passes.quantize.openvino_ac:QuantizeOpenVinoAccuracy",
     "convert_openvino": "edgemed.passes.convert_openvino:ConvertOpenVino",
     "subpixel_deconv": "edgemed.passes.subpixel_deconv:SubpixelDeconv",
     "ort_format": "edgemed.passes.ort_format:OrtFormat",

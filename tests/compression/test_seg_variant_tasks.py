@@ -1,5 +1,6 @@
 """``tasks`` on a variant: the sub-pixel INT8 variants are candidates only for segmentation
-builds on CPUs without VNNI; a baseline or default variant cannot be task-restricted."""
+builds on CPUs without VNNI (the accuracy-control ones: tests/compression/test_seg_accuracy_control.py);
+a baseline or default variant cannot be task-restricted."""
 
 from __future__ import annotations
 
@@ -24,9 +25,12 @@ def test_subpixel_variant_only_for_segmentation_without_vnni(target: str) -> Non
     assert [p["pass"] for p in v.passes] == ["export_onnx", "subpixel_deconv", "quantize_openvino"]
 
 
+SEGMENTATION_ONLY = {"ov-nncf-int8-of-sp", "ov-nncf-int8-ac", "ov-nncf-int8-ac-of-sp"}
+
+
 def test_other_variants_serve_every_task() -> None:
     for v in load_target("cpu-x86").variants:
-        if v.name != "ov-nncf-int8-of-sp":
+        if v.name not in SEGMENTATION_ONLY:
             assert v.tasks is None
             assert v.eligible(AVX2, task="segmentation") == v.eligible(AVX2)
 

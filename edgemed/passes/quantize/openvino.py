@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 from pydantic import Field
@@ -20,7 +21,7 @@ from pydantic import Field
 from edgemed_runtime import Artifact
 from edgemed_runtime.sdk import atomic_write_bytes, pack_ir
 
-from ...errors import ExportError
+from ...errors import EdgemedError, ExportError
 from ..base import BuildContext, Pass, PassConfig, PassOutput, require_calibration
 
 
@@ -76,45 +77,84 @@ class QuantizeOpenVino(Pass[OpenVinoQuantizeConfig]):
 
         no_telemetry()
         import nncf
-        import openvino as ov
 
         cfg = self.config
-        require_calibration(ctx)
+        items = calibration_items(ctx)
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        calib = ctx.calibration.astype(np.float32)
-        items = [calib[i:i + 1] for i in range(len(calib))]
-        ignored = None
-        if cfg.keep_fp32_nodes or cfg.keep_fp32_op_types:
-            ignored = nncf.IgnoredScope(names=list(cfg.keep_fp32_nodes),
-                                        types=list(cfg.keep_fp32_op_types), validate=False)
         out = workdir / "model.ovir"
-        try:
-            from ...progress import quiet_nncf  # NNCF's log and rich progress bars muted
-
-            with warnings.catch_warnings(), quiet_nncf():
-                warnings.simplefilter("ignore")
-                model = ov.convert_model(str(artifact.model_path))
-                q = nncf.quantize(
-                    model, nncf.Dataset(items), preset=getattr(nncf.QuantizationPreset,
-                                                              cfg.preset.upper()),
-                    target_device=getattr(nncf.TargetDevice, cfg.target_device),
-                    subset_size=min(cfg.subset_size, len(items)),
-                    fast_bias_correction=cfg.fast_bias_correction,
-                    model_type=(nncf.ModelType.TRANSFORMER if cfg.model_type == "transformer"
-                                else None),
-                    ignored_scope=ignored,
-                    advanced_parameters=nncf.AdvancedQuantizationParameters(
-                        overflow_fix=nncf.OverflowFix(cfg.overflow_fix)),
-                )
-                size = save_packed(q, out)
-        except Exception as exc:
-            raise ExportError(
-                "NNCF quantization failed", found=f"{type(exc).__name__}: {exc}"[:500],
-                fix="try preset='mixed', or keep the failing nodes in FP32 (keep_fp32_op_types)",
-                code="quantize-failed",
-            ) from None
-        fq = sum(1 for op in q.get_ops() if op.get_type_name() == "FakeQuantize")
+        with nncf_errors():
+            model = convert(artifact)
+            q = nncf.quantize(model, nncf.Dataset(items), **nncf_options(cfg, len(items)))
+            size = save_packed(q, out)
         record = {"calibration_samples": min(cfg.subset_size, len(items)),
-                  "fake_quantize_nodes": fq, "bytes": size}
+                  "fake_quantize_nodes": fake_quantize_count(q), "bytes": size}
         return artifact.evolve(path=workdir, model_file=out.name, format="openvino-ir"), record
+
+
+def calibration_items(ctx: BuildContext) -> list[np.ndarray]:
+    """The calibration inputs as a list of (1, ...) float32 batches.
+
+    Raises:
+        CalibrationError: none given.
+    """
+    require_calibration(ctx)
+    calib = ctx.calibration.astype(np.float32)  # type: ignore[union-attr]
+    return [calib[i:i + 1] for i in range(len(calib))]
+
+
+def nncf_options(cfg: OpenVinoQuantizeConfig, n_items: int) -> dict[str, Any]:
+    """The keyword arguments ``nncf.quantize`` (and ``quantize_with_accuracy_control``) take
+    for ``cfg`` with ``n_items`` calibration samples."""
+    import nncf
+
+    ignored = None
+    if cfg.keep_fp32_nodes or cfg.keep_fp32_op_types:
+        ignored = nncf.IgnoredScope(names=list(cfg.keep_fp32_nodes),
+                                    types=list(cfg.keep_fp32_op_types), validate=False)
+    return dict(
+        preset=getattr(nncf.QuantizationPreset, cfg.preset.upper()),
+        target_device=getattr(nncf.TargetDevice, cfg.target_device),
+        subset_size=min(cfg.subset_size, n_items),
+        fast_bias_correction=cfg.fast_bias_correction,
+        model_type=nncf.ModelType.TRANSFORMER if cfg.model_type == "transformer" else None,
+        ignored_scope=ignored,
+        advanced_parameters=nncf.AdvancedQuantizationParameters(
+            overflow_fix=nncf.OverflowFix(cfg.overflow_fix)),
+    )
+
+
+def convert(artifact: Artifact) -> Any:
+    """The artifact's ONNX model as an ``ov.Model`` (``ov.convert_model``)."""
+    import openvino as ov
+
+    return ov.convert_model(str(artifact.model_path))
+
+
+def fake_quantize_count(model: Any) -> int:
+    """FakeQuantize nodes in an ``ov.Model``."""
+    return sum(1 for op in model.get_ops() if op.get_type_name() == "FakeQuantize")
+
+
+@contextmanager
+def nncf_errors() -> Iterator[None]:
+    """NNCF's log, progress bars and warnings muted; an exception becomes ``ExportError``
+    (``quantize-failed``); an EdgemedError passes through.
+
+    Raises:
+        ExportError: NNCF (or OpenVINO) failed.
+    """
+    from ...progress import quiet_nncf  # NNCF's log and rich progress bars muted
+
+    try:
+        with warnings.catch_warnings(), quiet_nncf():
+            warnings.simplefilter("ignore")
+            yield
+    except EdgemedError:
+        raise
+    except Exception as exc:
+        raise ExportError(
+            "NNCF quantization failed", found=f"{type(exc).__name__}: {exc}"[:500],
+            fix="try preset='mixed', or keep the failing nodes in FP32 (keep_fp32_op_types)",
+            code="quantize-failed",
+        ) from None
