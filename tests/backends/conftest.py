@@ -48,22 +48,29 @@ def ref_logits(fp32_artifact: Any, val_data: Any) -> np.ndarray:
         return sess.run({"input": val_data.x})["logits"]
 
 
-@pytest.fixture(scope="session")
-def run_chain(tmp_path_factory: pytest.TempPathFactory, fp32_artifact: Any,
-              build_ctx: Any) -> Callable[..., Any]:
-    """``run_chain([(pass_name, settings), ...])`` -> the artifact after those passes (memoised)."""
+def chain_runner(start: Any, tmp_path_factory: pytest.TempPathFactory,
+                 ctx: Any) -> Callable[[list[tuple[str, dict[str, Any]]]], Any]:
+    """``run([(pass_name, settings), ...])`` -> the artifact after those passes from ``start``
+    (each prefix of a chain built once)."""
     from edgemed.passes.base import get_pass_class
 
     memo: dict[str, Any] = {}
 
     def run(chain: list[tuple[str, dict[str, Any]]]) -> Any:
-        art, key = fp32_artifact, ""
+        art, key = start, ""
         for name, settings in chain:
             key += f"{name}{sorted(settings.items())}"
             if key not in memo:
                 wd = tmp_path_factory.mktemp(name)
-                memo[key] = get_pass_class(name)(settings)(art, wd, build_ctx)
+                memo[key] = get_pass_class(name)(settings)(art, wd, ctx)
             art = memo[key]
         return art
 
     return run
+
+
+@pytest.fixture(scope="session")
+def run_chain(tmp_path_factory: pytest.TempPathFactory, fp32_artifact: Any,
+              build_ctx: Any) -> Callable[..., Any]:
+    """``run_chain([(pass_name, settings), ...])`` -> the artifact after those passes (memoised)."""
+    return chain_runner(fp32_artifact, tmp_path_factory, build_ctx)

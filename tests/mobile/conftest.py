@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.backends.conftest import build_ctx, fp32_artifact, ref_logits, val_data  # noqa: F401
+from tests.backends.conftest import build_ctx, chain_runner, fp32_artifact, ref_logits, val_data  # noqa: F401
 
 
 @pytest.fixture(scope="session")
@@ -28,21 +28,7 @@ def torch_artifact(tmp_path_factory: pytest.TempPathFactory, trained_tiny: Any,
 def run_chain(tmp_path_factory: pytest.TempPathFactory, torch_artifact: Any,
               build_ctx: Any) -> Callable[..., Any]:  # noqa: F811
     """``run_chain([(pass_name, settings), ...])`` from the torch artifact (memoised)."""
-    from edgemed.passes.base import get_pass_class
-
-    memo: dict[str, Any] = {}
-
-    def run(chain: list[tuple[str, dict[str, Any]]]) -> Any:
-        art, key = torch_artifact, ""
-        for name, settings in chain:
-            key += f"{name}{sorted(settings.items())}"
-            if key not in memo:
-                wd = tmp_path_factory.mktemp(name)
-                memo[key] = get_pass_class(name)(settings)(art, wd, build_ctx)
-            art = memo[key]
-        return art
-
-    return run
+    return chain_runner(torch_artifact, tmp_path_factory, build_ctx)
 
 
 def litert_python() -> Path | None:
