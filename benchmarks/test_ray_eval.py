@@ -3,7 +3,8 @@
 Metrics (the whole gate verdict, CIs included) equal to the single-process gate, and the
 driver's peak RSS independent of the dataset size: the 2,000-image run within 10% of the
 200-image run. Each driver is a fresh process (``python benchmarks/test_ray_eval.py driver``)
-whose VmHWM is its peak. Run: ``pytest -m slow benchmarks/test_ray_eval.py -s``.
+whose VmHWM is its peak. Then ``edgemed evaluate`` of the 2,000 files with and without
+``--ray``: the same JSON. Run: ``pytest -m slow benchmarks/test_ray_eval.py -s``.
 """
 
 from __future__ import annotations
@@ -80,6 +81,22 @@ def test_bar_ray_data_2000_images(ray_cluster, tmp_path: Path) -> None:  # noqa:
           f"{runs[2000]['seconds']:.1f} s, single process {runs[200]['local_seconds']:.1f} s / "
           f"{runs[2000]['local_seconds']:.1f} s; accuracy {runs[2000]['gate']['candidate']}")
     assert abs(big / small - 1) <= 0.10
+    # edgemed evaluate over the same 2,000 files: the --ray JSON is the single-process one
+    docs = {}
+    for extra in ([], ["--ray", ray_cluster.address, "--actors", "2"]):
+        t0 = time.perf_counter()
+        out = subprocess.run([str(Path(sys.executable).parent / "edgemed"), "evaluate", str(cand),
+                              str(tmp_path / "dicom"), "--reference", str(ref), "--input",
+                              "1x1x8x8", "--window", "40,400", "--json", *extra],
+                             env=ray_cluster.env, capture_output=True, text=True, timeout=1500)
+        assert out.returncode == 0, out.stderr[-3000:]
+        docs[bool(extra)] = json.loads(out.stdout)
+        docs[bool(extra)]["engine"]["seconds"] = time.perf_counter() - t0
+    eng = {k: d.pop("engine") for k, d in docs.items()}
+    assert docs[False]["n"] == 2000
+    assert json.dumps(docs[False], sort_keys=True) == json.dumps(docs[True], sort_keys=True)
+    print(f"bar: edgemed evaluate of 2000 images identical with --ray; "
+          f"{eng[False]['seconds']:.1f} s in one process, {eng[True]['seconds']:.1f} s on Ray")
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["driver"]:
