@@ -51,7 +51,9 @@ RUNS = max(3, int(os.environ.get("EDGEMED_SEG_E2E_RUNS", "5")))
 RESULTS = Path(os.environ.get("EDGEMED_BENCH_RESULTS", ".benchmarks/edgemed-bench"))
 ROI = 16
 LABELS = ("background", "liver", "kidney")
-SPEC = rt.VolumeSpec(axcodes="RAS", spacing=(2.0, 2.0, 2.0), intensity=(-200.0, 300.0, 0.0, 1.0))
+from edgemed.segdemo import INTENSITY, SPACING  # noqa: E402  (the grid train_unet trains on)
+
+SPEC = rt.VolumeSpec(axcodes="RAS", spacing=SPACING, intensity=INTENSITY)
 INFER = rt.InferenceSpec(mode="sliding_window", roi_size=(ROI,) * 3, overlap=0.25, blend="gaussian",
                          sw_batch_size=4)
 TIME_BAR, DICE_MARGIN = 0.5, 0.01

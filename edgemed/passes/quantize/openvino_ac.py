@@ -35,8 +35,10 @@ class OpenVinoAccuracyControlConfig(OpenVinoQuantizeConfig):
     #: the largest mean-Dice drop NNCF may leave (absolute, or relative to FP32's Dice)
     max_drop: float = Field(0.01, gt=0.0, le=1.0)
     drop_type: Literal["absolute", "relative"] = "absolute"
-    #: at most this many layers reverted to FP32 (NNCF's max_num_iterations)
-    max_iterations: int = Field(4, ge=0)
+    #: at most this many layers reverted to FP32 (NNCF's max_num_iterations); when they do not
+    #: bring the drop under max_drop the model is returned anyway (``max_drop_met`` false) and
+    #: the gate judges it like any candidate
+    max_iterations: int = Field(16, ge=0)
     #: cases used to rank layers (None: NNCF's default)
     ranking_subset_size: int | None = Field(None, ge=1)
 
@@ -105,6 +107,7 @@ class QuantizeOpenVinoAccuracy(QuantizeOpenVino):
                   "max_drop": cfg.max_drop, "drop_type": cfg.drop_type,
                   "dice_fp32": round(dice["fp32"], 6), "dice_int8": round(dice["int8"], 6),
                   "dice_drop": round(_drop(dice, cfg.drop_type), 6),
+                  "max_drop_met": _drop(dice, cfg.drop_type) <= cfg.max_drop,
                   "validations": len(val.calls)}
         return artifact.evolve(path=workdir, model_file=out.name, format="openvino-ir"), record
 
