@@ -1,8 +1,8 @@
 """``edgemed demo --task segmentation``: the segmentation product on built-in synthetic data.
 
 Synthetic CT series with two organ labels (liver, kidney; NIfTI masks) -> a small MONAI 3D UNet
-trained on random ROI crops of the training patients' series (seeded, a couple of minutes on two
-cores) -> ``edgemed release`` with ``[model] task = "segmentation"`` for the targets buildable
+trained on ROI crops of the training patients' series (seeded, one thread, about 20 s on a
+quiet 2-core host) -> ``edgemed release`` with ``[model] task = "segmentation"`` for the targets buildable
 here (cpu-x86, openvino-cpu, mobile-android): patient-level split, build, Dice / HD95 gate with
 paired bootstrap CIs, seal, device check (held-out series -> DICOM SEG in a runtime-only
 process, read back with highdicom), latency, register, report -> a DICOM SEG for every held-out
@@ -37,7 +37,7 @@ SPACINGS = tuple(SERIES_SPACINGS[i % 4] for i in range(5))
 
 @dataclass(frozen=True)
 class SegDemoConfig:
-    """Size of the segmentation demo (the defaults train in about a minute on two cores)."""
+    """Size of the segmentation demo (the defaults train in about 20 s on a quiet 2-core host)."""
 
     n_series: int = 24
     n_patients: int = 12

@@ -83,3 +83,35 @@ def test_reduced_segmentation_demo_writes_segs_that_read_back(tmp_path: Path) ->
             assert np.array_equal(seg_readback(Path(seg_file), vol), labels)
     assert (tmp_path / "demo" / "demo_unet.pt").is_file()
     assert Path(r.release["report"]).is_file()
+
+
+def test_each_patients_series_differ_so_a_patient_split_sees_every_orientation() -> None:
+    from edgemed.segdemo import ORIENTATIONS, SPACINGS
+
+    cfg = SegDemoConfig()
+    per_patient: dict[int, list[int]] = {}
+    for s in range(cfg.n_series):  # write_series_dataset: patient s % n_patients
+        per_patient.setdefault(s % cfg.n_patients, []).append(s)
+    for series in per_patient.values():
+        assert len({ORIENTATIONS[s % len(ORIENTATIONS)] for s in series}) == len(series)
+        assert len({SPACINGS[s % len(SPACINGS)] for s in series}) == len(series)
+    assert set(ORIENTATIONS) == {"axial", "coronal", "sagittal", "oblique"}
+
+
+def test_training_is_deterministic_and_samples_every_label() -> None:
+    import torch
+
+    from edgemed.segdemo import _crop_start, train_unet
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 20, 20, 20)).astype(np.float32)
+    y = np.zeros((20, 20, 20), np.uint8)
+    y[2:4, 2:4, 2:4], y[15:18, 15:18, 15:18] = 2, 1  # a small and a larger label
+    a, la = train_unet([x], [y], roi=16, steps=3, seed=5)
+    b, lb = train_unet([x], [y], roi=16, steps=3, seed=5)
+    assert la == lb and all(torch.equal(p, q) for p, q in zip(a.state_dict().values(),
+                                                                 b.state_dict().values()))
+    starts = [_crop_start(y, 16, rng, 1.0) for _ in range(200)]
+    for k in (1, 2):  # labels drawn uniformly: each label lies in a good share of the crops
+        hits = sum(bool((y[tuple(slice(s, s + 16) for s in st)] == k).any()) for st in starts)
+        assert hits >= 80
