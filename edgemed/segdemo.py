@@ -184,8 +184,9 @@ def _batch(xs: list[np.ndarray], ys: list[np.ndarray], roi: int, rng: np.random.
 
 
 def train_unet(xs: list[np.ndarray], ys: list[np.ndarray], *, roi: int, steps: int,
-               seed: int, batch: int = BATCH, lr: float = LR, fg: float = FG) -> tuple[Any, float]:
-    """Train ``demo_unet`` on batches of ``roi``-cube crops (a share ``fg`` centred on a labelled
+               seed: int, batch: int = BATCH, lr: float = LR, fg: float = FG,
+               make_net: Callable[[], Any] | None = None) -> tuple[Any, float]:
+    """Train ``demo_unet`` (or ``make_net()``, seeded the same way) on batches of ``roi``-cube crops (a share ``fg`` centred on a labelled
     voxel, labels drawn uniformly; Adam at ``lr`` with cosine decay, MONAI DiceCE loss, seeded);
     the network (eval mode) and the last loss.
 
@@ -200,19 +201,20 @@ def train_unet(xs: list[np.ndarray], ys: list[np.ndarray], *, roi: int, steps: i
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny steps: a 2nd thread gains nothing idle, 10x slower when shared
     try:
-        return _fit(xs, ys, roi=roi, steps=steps, seed=seed, batch=batch, lr=lr, fg=fg)
+        return _fit(xs, ys, roi=roi, steps=steps, seed=seed, batch=batch, lr=lr, fg=fg,
+                    make_net=make_net or demo_unet)
     finally:
         torch.set_num_threads(threads)
 
 
 def _fit(xs: list[np.ndarray], ys: list[np.ndarray], *, roi: int, steps: int, seed: int,
-         batch: int, lr: float, fg: float) -> tuple[Any, float]:
+         batch: int, lr: float, fg: float, make_net: Callable[[], Any]) -> tuple[Any, float]:
     """``train_unet``'s loop (see there)."""
     import torch
     from monai.losses import DiceCELoss
 
     torch.manual_seed(seed)
-    net = demo_unet()
+    net = make_net()
     opt = torch.optim.Adam(net.parameters(), lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
     lossf = DiceCELoss(to_onehot_y=True, softmax=True)
