@@ -333,27 +333,3 @@ def test_device_side_without_torch_monai_or_scipy(tmp_path):
     b, d = np.load(tmp_path / "build.npz"), np.load(tmp_path / "device.npz")
     for key in ("out", "back"):
         assert b[key].dtype == d[key].dtype and np.array_equal(b[key], d[key]), key
-
-
-@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
-def test_source_labels_decide_on_the_source_grid(activation):
-    """Segmentation labels on the source grid: every channel's probabilities inverted linearly,
-    then the task's decision (argmax; sigmoid: best channel over its threshold), one channel at a
-    time; the same as deciding on the full inverted probabilities, and not the same as inverting
-    the model-grid labels by nearest neighbour wherever the grids differ."""
-    from edgemed_runtime import TaskSpec
-    from edgemed_runtime.sdk import activate, label_map, source_labels
-
-    spec, volume = SPECS["full"], _volume("coronal-oblique-flipped")
-    x, place = spec.apply(volume)
-    rng = np.random.default_rng(3)
-    logits = np.concatenate([x, 1.0 - x, rng.random(x.shape, dtype=np.float32)]) * 4
-    task = TaskSpec("segmentation", activation=activation, thresholds=(0.5, 0.7, 0.9)
-                    if activation == "sigmoid" else ())
-    probs = activate(logits, task, axis=0)
-    ours = source_labels(spec, probs, place, task)
-    full = label_map(spec.invert(probs, place), task, axis=0)
-    assert ours.shape == volume.shape and np.array_equal(ours, full)
-    nearest = spec.invert(label_map(probs, task, axis=0)[None], place, mode="nearest")[0]
-    assert not np.array_equal(ours, nearest)
-    assert set(np.unique(ours)) <= set(range(4))
