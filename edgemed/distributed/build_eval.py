@@ -27,7 +27,7 @@ from edgemed_runtime import Artifact, IOSpec, PreprocessSpec
 from ..errors import CalibrationError, EdgemedError, InvalidInputError
 from ..evaluate import GateConfig, GateResult, check_labels, run_gate
 from .cluster import connect, import_ray
-from .data_eval import SKIPPABLE, collect, error_rows, unpack
+from .data_eval import collect, error_rows, named, skippable, unpack
 
 
 def _decode(paths: list[str], spec: PreprocessSpec) -> tuple[np.ndarray | None, np.ndarray]:
@@ -41,12 +41,9 @@ def _decode(paths: list[str], spec: PreprocessSpec) -> tuple[np.ndarray | None, 
             xs.append(load_input(p, spec))
             kept.append(True)
         except EdgemedError as exc:
-            if Path(p).suffix == "" and exc.code in SKIPPABLE:
-                kept.append(False)
-                continue
-            raise type(exc)(f"{Path(p).name}: {exc.message}", expected=exc.expected,
-                            found=exc.found, fix=exc.fix or "remove or repair that file",
-                            code=exc.code) from None
+            if not skippable(exc, p):
+                raise named(exc, p) from None
+            kept.append(False)
     x = np.stack(xs).astype(np.float32, copy=False) if xs else None
     return x, np.asarray(kept, dtype=bool)
 

@@ -29,6 +29,17 @@ SKIPPABLE = ("not-dicom", "no-pixel-data")
 """Codes of a file without a DICOM suffix that is skipped (a NaN row), as ``load_folder`` does."""
 
 
+def skippable(exc: EdgemedError, path: str | os.PathLike[str]) -> bool:
+    """Whether a file's refusal is one the build skips too: a suffix-less non-DICOM file."""
+    return Path(path).suffix == "" and exc.code in SKIPPABLE
+
+
+def named(exc: EdgemedError, path: str | os.PathLike[str]) -> EdgemedError:
+    """``exc`` again, its message prefixed with the file's name (the same error class)."""
+    return type(exc)(f"{Path(path).name}: {exc.message}", expected=exc.expected,
+                     found=exc.found, fix=exc.fix or "remove or repair that file", code=exc.code)
+
+
 def _open(path: Path, preprocess: dict[str, Any] | None, threads: int,
           open_args: dict[str, Any]) -> Any:
     import edgemed_runtime
@@ -46,12 +57,9 @@ def _per_file(sess: Any, paths: Sequence[str]) -> np.ndarray:
         try:
             rows.append(np.asarray(sess.logits(p), dtype=np.float32).reshape(1, -1))
         except EdgemedError as exc:
-            if Path(p).suffix == "" and exc.code in SKIPPABLE:
-                rows.append(None)
-                continue
-            raise type(exc)(f"{Path(p).name}: {exc.message}", expected=exc.expected,
-                            found=exc.found, fix=exc.fix or "remove or repair that file",
-                            code=exc.code) from None
+            if not skippable(exc, p):
+                raise named(exc, p) from None
+            rows.append(None)
     k = next((r.shape[1] for r in rows if r is not None), None)
     if k is None:  # every file of the batch skipped: the width from one zero input
         k = int(np.asarray(sess.logits(np.zeros(sess.io.input_shape, np.float32))).shape[-1])
