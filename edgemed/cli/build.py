@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import console, handle_errors, print_json, progress_callback
+from .common import console, handle_errors, parse_window, print_json, progress_callback
 
 
 def register(app: typer.Typer) -> None:
@@ -38,7 +38,6 @@ def register(app: typer.Typer) -> None:
         from edgemed_runtime import PreprocessSpec
         from edgemed_runtime.sdk import parse_shape
 
-        from edgemed.errors import InvalidInputError
         from edgemed.pipeline import BuildOptions
         from edgemed.pipeline import build as run_build
 
@@ -46,15 +45,7 @@ def register(app: typer.Typer) -> None:
             shape = parse_shape(input) if input else None
             spec = None
             if shape is not None:
-                win = None
-                if window:
-                    try:
-                        c, w = (float(v) for v in window.split(","))
-                    except ValueError:
-                        raise InvalidInputError("cannot parse --window", expected="CENTER,WIDTH",
-                                                found=window, fix="e.g. --window 40,400") from None
-                    win = (c, w)
-                spec = PreprocessSpec(window=win, size=(shape[-2], shape[-1]),
+                spec = PreprocessSpec(window=parse_window(window), size=(shape[-2], shape[-1]),
                                       channels=shape[1] if shape[1] in (1, 3) else 1)
             from edgemed.targets import load_target
 

@@ -61,6 +61,24 @@ def cli_words(text: str) -> str:
                       text)
 
 
+def parse_window(window: str | None) -> tuple[float, float] | None:
+    """``--window CENTER,WIDTH`` as two floats (None when not given).
+
+    Raises:
+        InvalidInputError: ``bad-option``, not two numbers.
+    """
+    if not window:
+        return None
+    from edgemed.errors import InvalidInputError
+
+    try:
+        c, w = (float(v) for v in window.split(","))
+    except ValueError:
+        raise InvalidInputError("cannot parse --window", expected="CENTER,WIDTH", found=window,
+                                fix="e.g. --window 40,400", code="bad-option") from None
+    return c, w
+
+
 def render_error(exc: Any) -> None:
     """Print an EdgemedError on stderr in CLI words (code, message, expected, found, fix)."""
     err_console.print(f"[bold red]error:[/] {escape(cli_words(str(exc)))}")

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from .common import JSON_HELP, console, handle_errors, print_json
+from .common import JSON_HELP, console, handle_errors, parse_window, print_json
 
 METRICS = ("accuracy", "sensitivity", "specificity", "auc")
 
@@ -19,18 +19,9 @@ def _spec(input: Optional[str], window: Optional[str]) -> Any:
     from edgemed_runtime import PreprocessSpec
     from edgemed_runtime.sdk import parse_shape
 
-    from edgemed.errors import InvalidInputError
-
     if input is None and window is None:
         return None
-    win = None
-    if window:
-        try:
-            c, w = (float(v) for v in window.split(","))
-        except ValueError:
-            raise InvalidInputError("cannot parse --window", expected="CENTER,WIDTH", found=window,
-                                    fix="e.g. --window 40,400", code="bad-option") from None
-        win = (c, w)
+    win = parse_window(window)
     if input is None:
         return PreprocessSpec(window=win, size=None)
     shape = parse_shape(input)

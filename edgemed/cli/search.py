@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from .common import console, err_console, handle_errors, print_json
+from .common import console, err_console, handle_errors, parse_window, print_json
 
 
 def _task_from_folders(model: str, weights: Optional[Path], train: Path, val: Path,
@@ -24,14 +24,7 @@ def _task_from_folders(model: str, weights: Optional[Path], train: Path, val: Pa
     from edgemed.search import SearchTask
 
     shape = parse_shape(input)
-    win = None
-    if window:
-        try:
-            c, w = (float(v) for v in window.split(","))
-        except ValueError:
-            raise InvalidInputError("cannot parse --window", expected="CENTER,WIDTH", found=window,
-                                    fix="e.g. --window 40,400") from None
-        win = (c, w)
+    win = parse_window(window)
     spec = PreprocessSpec(window=win, size=(shape[-2], shape[-1]),
                           channels=shape[1] if shape[1] in (1, 3) else 1)
     src = load_model(model, weights=weights)

@@ -81,3 +81,14 @@ def test_typed_refusals(data: dict[str, Path], tmp_path: Path) -> None:
     pytest.importorskip("ray")
     rc, doc = _run(str(data["ref"]), str(data["dicom"]), "--ray", "127.0.0.1:9")
     assert rc == 2 and doc["error"]["code"] == "ray-unreachable"
+
+
+def test_window_option_is_parsed_once_for_every_command() -> None:
+    """--window CENTER,WIDTH: two floats, or bad-option (build, search and evaluate share it)."""
+    from edgemed.cli.common import parse_window
+    from edgemed.errors import InvalidInputError
+
+    assert parse_window(None) is None and parse_window("40,400") == (40.0, 400.0)
+    with pytest.raises(InvalidInputError) as e:
+        parse_window("40")
+    assert e.value.code == "bad-option" and e.value.expected == "CENTER,WIDTH"
