@@ -36,7 +36,10 @@ FOLDER = Path(tempfile.mkdtemp(prefix="edgemed-ray-"))
 TOKEN = FOLDER / "auth_token"
 TOKEN.write_text(secrets.token_hex(32))
 RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(TOKEN),
-           "RAY_TMPDIR": str(FOLDER / "tmp"), "RAY_USAGE_STATS_ENABLED": "0"}
+           "RAY_TMPDIR": str(FOLDER / "tmp"), "RAY_USAGE_STATS_ENABLED": "0",
+           # a node joining a loaded 2-core machine can take longer than Ray's default 10 s to
+           # register ("The current node timed out during startup", seen in CI)
+           "RAY_raylet_start_wait_time_s": "60"}
 os.environ.update(RAY_ENV)
 atexit.register(shutil.rmtree, FOLDER, True)
 
@@ -57,15 +60,22 @@ class RayCluster:
     keys: dict[str, Path]
     procs: list[subprocess.Popen] = field(default_factory=list)
     agents: dict[str, dict] = field(default_factory=dict)
+    started: dict[str, tuple[subprocess.Popen, list[str]]] = field(default_factory=dict)
 
 
-def _wait_nodes(n: int, timeout: float) -> None:
+def _wait_nodes(cl: "RayCluster", n: int, timeout: float, restarts: int = 2) -> None:
+    """Wait for ``n`` live nodes; an agent whose ``ray start`` gave up (its process exited) is
+    started again, at most ``restarts`` times in all."""
     import ray
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if sum(1 for x in ray.nodes() if x["Alive"]) >= n:
             return
+        for device_id, (proc, only) in list(cl.started.items()):
+            if proc.poll() is not None and restarts > 0:
+                restarts -= 1
+                _agent(cl, device_id, only)
         time.sleep(1)
     raise RuntimeError(f"the local Ray cluster did not reach {n} nodes in {timeout} s")
 
@@ -84,9 +94,10 @@ def _agent(cl: RayCluster, device_id: str, only: list[str]) -> None:
            str(ROOT / "targets"), "--device-id", device_id, "--num-cpus", "1",
            "--device-key", str(cl.keys["device"]), "--trust", str(cl.keys["publisher_pub"]),
            "--node-ip", "127.0.0.1", *[a for t in only for a in ("--only", t)]]
-    log = open(cl.folder / f"agent-{device_id}.log", "wb")
+    log = open(cl.folder / f"agent-{device_id}.log", "ab")
     p = subprocess.Popen(cmd, env=cl.env, stdout=subprocess.PIPE, stderr=log)
     cl.procs.append(p)
+    cl.started[device_id] = (p, only)
     assert p.stdout is not None
     cl.agents[device_id] = json.loads(p.stdout.readline())
 
@@ -132,7 +143,7 @@ def ray_cluster() -> Iterator[RayCluster]:
                 time.sleep(2)
         _agent(cl, "dev-a", ["cpu-x86", "openvino-cpu"])
         _agent(cl, "dev-b", ["cpu-x86"])
-        _wait_nodes(3, 240)
+        _wait_nodes(cl, 3, 240)
         yield cl
     finally:
         import ray
