@@ -130,8 +130,15 @@ def test_demo_small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert r.exit_code == 0, r.output
     d = _json(r)
     assert d["split"]["train"] > 0 and d["split"]["test"] > 0
-    assert d["size_bytes"]["int8"] < 0.3 * d["size_bytes"]["fp32"]
     assert len(d["predictions"]) == 4 and d["chosen_variant"]
     assert (tmp_path / "d" / "release" / "targets" / "cpu-x86" / "artifact" / "artifact.json").is_file()
     rel = d["release"]["targets"][0]
-    assert rel["status"] == "released" and rel["device_check"]["ok"]
+    assert rel["device_check"]["ok"]
+    # a rule, not a winner: 3 epochs on 8 patients leave n=40 validation images, whose AUC CI can
+    # be wider than the margin on one CPU's kernels and not another's (seen on AVX-512 VNNI)
+    if rel["status"] == "fallback-fp32":
+        assert d["chosen_variant"] == "ort-fp32" and "FP32 baseline" in d["why"]
+        assert d["size_bytes"]["int8"] == d["size_bytes"]["fp32"]
+    else:
+        assert rel["status"] == "released"
+        assert d["size_bytes"]["int8"] < 0.3 * d["size_bytes"]["fp32"]
