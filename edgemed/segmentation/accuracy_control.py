@@ -61,15 +61,15 @@ class DiceValidation:
 
     def labels(self, compiled: Any, i: int) -> np.ndarray:
         """Case ``i``'s label volume on its original grid from ``compiled``."""
-        from edgemed_runtime.sdk import activate, label_map, sliding_window
+        from edgemed_runtime.sdk import activate, sliding_window, source_labels
 
         batch, placement = self.batches[i]
         predict = compiled_predictor(compiled)
         art = self.artifact
         out = (predict(batch) if art.inference is None else
                sliding_window(batch, predict, art.inference))
-        lab = label_map(activate(out[0], art.task, axis=0), art.task, axis=0)
-        return art.preprocess.invert(lab[None], placement, mode="nearest")[0]
+        return source_labels(art.preprocess, activate(out[0], art.task, axis=0), placement,
+                             art.task)
 
     def __call__(self, compiled: Any, items: Iterable[Any]) -> tuple[float, list[float]]:
         """NNCF's ``validation_fn``: (mean Dice over ``items``, each item's Dice); an item is a

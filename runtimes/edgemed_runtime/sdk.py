@@ -75,7 +75,7 @@ from .iospec import parse_shape
 from .inference import sliding_window
 from .tasks import activate, label_map, softmax
 from .tasks.segmentation import names_of as label_names
-from .volume.run import result_row, series_folders
+from .volume.run import result_row, series_folders, source_labels
 from .util import atomic_write_bytes, sha256_file
 
 __all__ = [
@@ -92,7 +92,7 @@ __all__ = [
     "pack_archive", "pack_ir", "pack_recipe", "pack_weights", "pae", "parse_manifest",
     "parse_shape", "probe", "publisher_hint", "quiet", "read_bundle", "read_dataset",
     "read_image", "requirements_for", "requirements_of", "runtime_version", "sha256_file", "label_names", "result_row", "series_folders", "softmax", "spki_pem",
-    "activate", "label_map", "sliding_window",
+    "activate", "label_map", "sliding_window", "source_labels",
     "unverified_signed_files", "unwrap_data_key", "verify_bundle", "wanted_providers",
     "wrap_data_key", "wrapped_key_entry",
     "bench_bundle", "cpu_flags", "device_info", "host_rule_matches", "resource_name", "time_onnx",

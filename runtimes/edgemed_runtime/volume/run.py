@@ -77,12 +77,17 @@ def predict_volume(session: Any, x: Any, *, probabilities: bool = False) -> Any:
         return task.task.decode(forward(session, batch), task, session.io.labels)
     out = forward(session, batch)
     probs = activate(out[0], task, axis=0)
-    labels = session.preprocess.invert(label_map(probs, task, axis=0)[None], placement,
-                                       mode="nearest")[0]
+    labels = source_labels(session.preprocess, probs, placement, task)
     back = session.preprocess.invert(probs, placement, mode="linear") if probabilities else None
     return SegmentationResult(labels=np.ascontiguousarray(labels).astype(label_map_dtype(labels)),
                               label_names=names_of(session.io.labels, task, probs.shape[0]),
                               source=vol, probabilities=back)
+
+
+def source_labels(spec: Any, probs: np.ndarray, placement: Any, task: Any) -> np.ndarray:
+    """The label volume on the source grid from (K, *model grid) probabilities: the task's
+    label map on the model grid, mapped back by nearest neighbour (``VolumeSpec.invert``)."""
+    return spec.invert(label_map(probs, task, axis=0)[None], placement, mode="nearest")[0]
 
 
 def label_map_dtype(labels: np.ndarray) -> type:
