@@ -79,17 +79,21 @@ class QuantizeOpenVino(Pass[OpenVinoQuantizeConfig]):
         import nncf
 
         cfg = self.config
-        items = calibration_items(ctx)
-        workdir = Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        out = workdir / "model.ovir"
+        items, out = calibration_items(ctx), ir_output(workdir)
         with nncf_errors():
             model = convert(artifact)
             q = nncf.quantize(model, nncf.Dataset(items), **nncf_options(cfg, len(items)))
             size = save_packed(q, out)
         record = {"calibration_samples": min(cfg.subset_size, len(items)),
                   "fake_quantize_nodes": fake_quantize_count(q), "bytes": size}
-        return artifact.evolve(path=workdir, model_file=out.name, format="openvino-ir"), record
+        return artifact.evolve(path=out.parent, model_file=out.name, format="openvino-ir"), record
+
+
+def ir_output(workdir: Path) -> Path:
+    """``workdir/model.ovir``, its folder made."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir / "model.ovir"
 
 
 def calibration_items(ctx: BuildContext) -> list[np.ndarray]:

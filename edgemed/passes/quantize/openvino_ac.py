@@ -25,7 +25,8 @@ from edgemed_runtime import Artifact
 from ...errors import CalibrationError
 from ..base import BuildContext, Pass, PassOutput
 from .openvino import (OpenVinoQuantizeConfig, QuantizeOpenVino, calibration_items, convert,
-                       fake_quantize_count, nncf_errors, nncf_options, save_packed)
+                       fake_quantize_count, ir_output, nncf_errors, nncf_options,
+                       save_packed)
 
 CASES_KEY = "segmentation_cases"
 """``BuildContext.extras`` key of the build's segmentation evaluator (volumes, truths, labels)."""
@@ -78,10 +79,7 @@ class QuantizeOpenVinoAccuracy(QuantizeOpenVino):
 
         cfg = self.config
         cases = segmentation_cases(ctx)
-        items = calibration_items(ctx)
-        workdir = Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        out = workdir / "model.ovir"
+        items, out = calibration_items(ctx), ir_output(workdir)
         with nncf_errors():
             model = convert(artifact)
             fp32 = None if cases.truths is not None else _compiled(model)
@@ -109,7 +107,7 @@ class QuantizeOpenVinoAccuracy(QuantizeOpenVino):
                   "dice_drop": round(_drop(dice, cfg.drop_type), 6),
                   "max_drop_met": _drop(dice, cfg.drop_type) <= cfg.max_drop,
                   "validations": len(val.calls)}
-        return artifact.evolve(path=workdir, model_file=out.name, format="openvino-ir"), record
+        return artifact.evolve(path=out.parent, model_file=out.name, format="openvino-ir"), record
 
 
 def _compiled(model: Any) -> Any:
